@@ -1,0 +1,549 @@
+//! The document store: automerge documents materialized from the log.
+//!
+//! Local changes are made on the in-memory document and appended to the log. Remote changes are
+//! appended to the log at once and *not* applied: the in-memory document catches up lazily, all
+//! pending entries in one automerge call, the next time something reads it. That matters because
+//! automerge (0.7 and later) charges about 0.4 us x document size per apply call, whatever the
+//! batch size (see the design notes), so one call per read beats one call per change.
+//!
+//! Every method may do CPU-bound automerge work or block on storage: call it from a thread that
+//! may block, e.g. through [`DocStore::blocking`] from async code.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use automerge::{ReadDoc, ROOT, transaction::Transactable};
+//! use converge_log::{Author, DocStore, LogConfig, MemLog, MemStorage, StoreConfig};
+//! use converge_proto::UserId;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let log = Arc::new(MemLog::open_in_memory(&MemStorage::new(), LogConfig::default())?);
+//! let store = DocStore::new(log, StoreConfig::default());
+//! let me = Author::user(UserId::new("alice")?);
+//! let (doc, created) = store.create(&me, 0, |d| d.put(ROOT, "title", "Rota").map(|_| ()))?;
+//! created.wait()?;
+//! let (_, appended) = store.change(&doc, &me, 1, |d| d.put(ROOT, "title", "Rota v2"))?;
+//! appended.expect("a change was made").durable.wait()?;
+//! let title = store.read(&doc, |d| d.get(ROOT, "title").map(|v| v.map(|(v, _)| v.to_string())))??;
+//! assert_eq!(title.as_deref(), Some("\"Rota v2\""));
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use automerge::{AutoCommit, Automerge, Change};
+use converge_proto::{DocId, Epoch, Seq};
+
+use crate::commit::Durable;
+use crate::entry::{Author, EntryKind, NewEntry};
+use crate::error::LogError;
+use crate::event_log::{Appended, EventLog};
+
+/// How much the store keeps in memory.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Documents are evicted, least recently used first, while the estimated memory of the
+    /// loaded ones is above this. The estimate is [`StoreConfig::memory_factor`] x the bytes a
+    /// document was loaded from (snapshot plus changes).
+    pub memory_budget_bytes: u64,
+    /// How many bytes of memory a loaded document takes per byte of its encoded form.
+    pub memory_factor: u64,
+    /// Entries read from the log per page while catching up.
+    pub page: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            memory_budget_bytes: 512 << 20,
+            memory_factor: 8,
+            page: 16_384,
+        }
+    }
+}
+
+/// Failures of the document store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// automerge refused an operation (a local edit, or a snapshot that does not load).
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    /// A log entry could not be applied; it is quarantined and the document loads without it.
+    #[error("document {doc}: the change at seq {seq} cannot be applied ({reason}); it is quarantined")]
+    Quarantined { doc: DocId, seq: Seq, reason: String },
+    /// `load_at` asked for a seq past the end of the stream.
+    #[error("document {doc} has no seq {seq} (last is {last})")]
+    NoSuchSeq { doc: DocId, seq: Seq, last: Seq },
+    /// The blocking task running the work panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+/// Automerge documents over an [`EventLog`], with lazy catch-up and LRU eviction.
+#[derive(Debug)]
+pub struct DocStore {
+    log: Arc<dyn EventLog>,
+    config: StoreConfig,
+    slots: Mutex<HashMap<DocId, Arc<Mutex<Slot>>>>,
+    clock: AtomicU64,
+    /// Changes that could not be applied, per document (seq, reason); kept for operators.
+    quarantine: Mutex<HashMap<DocId, Vec<(Seq, String)>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    loaded: Option<Loaded>,
+    last_used: u64,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    doc: AutoCommit,
+    /// Every entry up to here is in `doc`.
+    applied_through: Seq,
+    /// Encoded bytes the document was built from, for the memory estimate.
+    encoded_bytes: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DocStore {
+    pub fn new(log: Arc<dyn EventLog>, config: StoreConfig) -> Self {
+        Self {
+            log,
+            config,
+            slots: Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+            quarantine: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The log underneath.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// Runs `f` on a blocking thread, for async callers.
+    pub async fn blocking<R, F>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&DocStore) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))
+    }
+
+    /// Creates a document: `init` writes its first state, which becomes the stream's first
+    /// change. Returns the new id and the durability ticket of that first append.
+    pub fn create<F>(
+        &self,
+        author: &Author,
+        at_ms: u64,
+        init: F,
+    ) -> Result<(DocId, Durable), StoreError>
+    where
+        F: FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
+    {
+        let mut doc = AutoCommit::new();
+        init(&mut doc)?;
+        let changes: Vec<Vec<u8>> = doc
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let id = DocId::random();
+        // A later ticket covers every earlier write, so the first append's ticket also covers
+        // the creation; with no changes, the creation's own ticket is returned.
+        let mut durable = Some(self.log.create(id, Epoch(1))?);
+        let mut last = Seq(0);
+        if !changes.is_empty() {
+            let appended = self.append_changes(&id, author, at_ms, changes)?;
+            last = appended.results.last().map_or(Seq(0), |r| r.seq());
+            durable = Some(appended.durable);
+        }
+        let encoded_bytes = doc.save().len() as u64;
+        self.install(
+            id,
+            Loaded {
+                doc,
+                applied_through: last,
+                encoded_bytes,
+            },
+        );
+        Ok((id, durable.unwrap_or_else(Durable::ready)))
+    }
+
+    /// Makes a local change: `f` edits the (caught-up) document; if it changed anything, the
+    /// change is appended to the log. Returns `f`'s result and the append (None if no change).
+    pub fn change<R, F>(
+        &self,
+        id: &DocId,
+        author: &Author,
+        at_ms: u64,
+        f: F,
+    ) -> Result<(R, Option<Appended>), StoreError>
+    where
+        F: FnOnce(&mut AutoCommit) -> R,
+    {
+        let slot = self.slot(id);
+        let mut slot = lock(&slot);
+        self.catch_up(id, &mut slot)?;
+        let Some(loaded) = slot.loaded.as_mut() else {
+            return Err(StoreError::Log(LogError::UnknownDoc(*id)));
+        };
+        let before = loaded.doc.get_heads();
+        let r = f(&mut loaded.doc);
+        // Commit explicitly so the change is closed before its bytes are taken.
+        loaded.doc.commit();
+        let after = loaded.doc.get_heads();
+        if before == after {
+            return Ok((r, None));
+        }
+        let bytes: Vec<Vec<u8>> = loaded
+            .doc
+            .get_changes(&before)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let appended = match self.append_changes(id, author, at_ms, bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                // The in-memory document now holds a change the log refused: drop it, so the
+                // next read rebuilds the document from the log alone.
+                slot.loaded = None;
+                return Err(e);
+            }
+        };
+        if let Some(loaded) = slot.loaded.as_mut() {
+            loaded.encoded_bytes += appended_bytes(&appended);
+            let first = appended.results.first().map(|r| r.seq());
+            if first == Some(loaded.applied_through.next()) {
+                loaded.applied_through = appended
+                    .results
+                    .iter()
+                    .map(|r| r.seq())
+                    .max()
+                    .unwrap_or(loaded.applied_through);
+            }
+        }
+        drop(slot);
+        self.evict_over_budget(Some(id));
+        Ok((r, Some(appended)))
+    }
+
+    /// Takes changes from elsewhere: they are appended to the log (duplicates are no-ops) and
+    /// the in-memory document, if loaded, catches up on its next read. No automerge apply here.
+    pub fn apply_remote(
+        &self,
+        id: &DocId,
+        author: &Author,
+        at_ms: u64,
+        changes: Vec<Vec<u8>>,
+    ) -> Result<Appended, StoreError> {
+        self.append_changes(id, author, at_ms, changes)
+    }
+
+    /// Reads the caught-up document.
+    pub fn read<R, F>(&self, id: &DocId, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Automerge) -> R,
+    {
+        let slot = self.slot(id);
+        let mut slot = lock(&slot);
+        self.catch_up(id, &mut slot)?;
+        let r = match slot.loaded.as_mut() {
+            Some(l) => f(l.doc.document()),
+            None => return Err(StoreError::Log(LogError::UnknownDoc(*id))),
+        };
+        drop(slot);
+        self.evict_over_budget(Some(id));
+        Ok(r)
+    }
+
+    /// The document as it was at `seq`, built from the log (the snapshot if it is not newer,
+    /// then entries). Does not touch the cache.
+    pub fn load_at(&self, id: &DocId, seq: Seq) -> Result<Automerge, StoreError> {
+        let head = self.log.head(id)?;
+        if seq > head.last_seq {
+            return Err(StoreError::NoSuchSeq {
+                doc: *id,
+                seq,
+                last: head.last_seq,
+            });
+        }
+        let mut loaded = self.build(id, seq)?;
+        Ok(loaded.doc.document().clone())
+    }
+
+    /// Writes a snapshot if the log says one is due and the document holds every logged change.
+    /// Returns whether one was written.
+    pub fn snapshot_if_due(&self, id: &DocId) -> Result<bool, StoreError> {
+        if !self.log.snapshot_due(id)? {
+            return Ok(false);
+        }
+        self.snapshot(id)
+    }
+
+    /// Writes a snapshot of the caught-up document now (if it holds every logged change).
+    pub fn snapshot(&self, id: &DocId) -> Result<bool, StoreError> {
+        let slot = self.slot(id);
+        let mut slot = lock(&slot);
+        self.catch_up(id, &mut slot)?;
+        let Some(loaded) = slot.loaded.as_mut() else {
+            return Ok(false);
+        };
+        // Changes whose dependencies have not arrived sit in automerge's queue and are not in
+        // `save()`; a snapshot then would not cover its seq, so wait for them.
+        if !loaded.doc.get_missing_deps(&[]).is_empty() {
+            return Ok(false);
+        }
+        let seq = loaded.applied_through;
+        if seq == Seq(0) {
+            return Ok(false);
+        }
+        let bytes = loaded.doc.save();
+        loaded.encoded_bytes = bytes.len() as u64;
+        drop(slot);
+        self.log.put_snapshot(id, seq, bytes)?.wait()?;
+        Ok(true)
+    }
+
+    /// Drops a document from memory; the next access reloads it from the log.
+    pub fn evict(&self, id: &DocId) {
+        let slot = lock(&self.slots).get(id).cloned();
+        if let Some(slot) = slot {
+            lock(&slot).loaded = None;
+        }
+    }
+
+    /// Documents currently in memory.
+    pub fn loaded(&self) -> Vec<DocId> {
+        let slots: Vec<(DocId, Arc<Mutex<Slot>>)> = lock(&self.slots)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter(|(_, s)| lock(s).loaded.is_some())
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Estimated bytes of memory the loaded documents take.
+    pub fn memory_estimate(&self) -> u64 {
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|s| lock(s).loaded.as_ref().map(|l| l.encoded_bytes))
+            .sum::<u64>()
+            * self.config.memory_factor
+    }
+
+    /// Log seqs of changes that could not be applied to a document.
+    pub fn quarantined(&self, id: &DocId) -> Vec<(Seq, String)> {
+        lock(&self.quarantine).get(id).cloned().unwrap_or_default()
+    }
+
+    fn append_changes(
+        &self,
+        id: &DocId,
+        author: &Author,
+        at_ms: u64,
+        changes: Vec<Vec<u8>>,
+    ) -> Result<Appended, StoreError> {
+        let entries = changes
+            .into_iter()
+            .map(|c| NewEntry {
+                at_ms,
+                author: author.clone(),
+                kind: EntryKind::Change(c),
+            })
+            .collect();
+        Ok(self.log.append(id, entries)?)
+    }
+
+    fn slot(&self, id: &DocId) -> Arc<Mutex<Slot>> {
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let slot = lock(&self.slots).entry(*id).or_default().clone();
+        lock(&slot).last_used = tick;
+        slot
+    }
+
+    fn install(&self, id: DocId, loaded: Loaded) {
+        let slot = self.slot(&id);
+        lock(&slot).loaded = Some(loaded);
+        self.evict_over_budget(Some(&id));
+    }
+
+    /// Brings the slot's document up to the log's head: loads it if absent (snapshot + tail),
+    /// else applies every pending change in one call.
+    fn catch_up(&self, id: &DocId, slot: &mut Slot) -> Result<(), StoreError> {
+        let head = self.log.head(id)?;
+        let Some(loaded) = slot.loaded.as_mut() else {
+            slot.loaded = Some(self.build(id, head.last_seq)?);
+            return Ok(());
+        };
+        if loaded.applied_through >= head.last_seq {
+            return Ok(());
+        }
+        let pending = self.changes_between(id, loaded.applied_through.next(), head.last_seq)?;
+        let bytes: u64 = pending.iter().map(|(_, c)| c.len() as u64).sum();
+        match self.apply_all(id, &mut loaded.doc, &pending) {
+            Ok(()) => {
+                loaded.applied_through = head.last_seq;
+                loaded.encoded_bytes += bytes;
+            }
+            // The document may be half-applied: throw it away and rebuild it from the log.
+            Err(()) => slot.loaded = Some(self.build(id, head.last_seq)?),
+        }
+        Ok(())
+    }
+
+    /// The changes logged in `from..=to`, with their seqs.
+    fn changes_between(
+        &self,
+        id: &DocId,
+        from: Seq,
+        to: Seq,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = from;
+        while from <= to {
+            let limit = (to.get() - from.get() + 1).min(self.config.page as u64) as usize;
+            let entries = self.log.read(id, from, limit)?;
+            let Some(last) = entries.last() else { break };
+            from = last.seq.next();
+            out.extend(entries.into_iter().filter_map(|e| match e.kind {
+                EntryKind::Change(c) => Some((e.seq, c)),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Builds a document from the log up to `upto`: the snapshot (if it does not pass `upto`)
+    /// plus every change after it, in one apply call. If that call fails, falls back to one
+    /// change at a time, quarantining each change that fails, so one bad entry cannot make a
+    /// document unloadable or take the process down.
+    fn build(&self, id: &DocId, upto: Seq) -> Result<Loaded, StoreError> {
+        let snapshot = self.log.snapshot(id)?.filter(|s| s.seq <= upto);
+        let base = || -> Result<AutoCommit, StoreError> {
+            Ok(match &snapshot {
+                Some(s) => AutoCommit::load(&s.bytes)?,
+                None => AutoCommit::new(),
+            })
+        };
+        let base_seq = snapshot.as_ref().map_or(Seq(0), |s| s.seq);
+        let base_bytes = snapshot.as_ref().map_or(0, |s| s.bytes.len() as u64);
+        let changes = self.changes_between(id, base_seq.next(), upto)?;
+        let encoded_bytes = base_bytes + changes.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
+        let mut doc = base()?;
+        if self.apply_all(id, &mut doc, &changes).is_err() {
+            doc = self.apply_one_by_one(id, base()?, changes);
+        }
+        Ok(Loaded {
+            doc,
+            applied_through: upto,
+            encoded_bytes,
+        })
+    }
+
+    /// Applies changes in one automerge call, under `catch_unwind`: automerge can panic on a
+    /// change that decodes but is not valid for this document (see the design notes).
+    /// Quarantined changes are skipped. `Err` means `doc` must be discarded.
+    fn apply_all(
+        &self,
+        id: &DocId,
+        doc: &mut AutoCommit,
+        changes: &[(Seq, Vec<u8>)],
+    ) -> Result<(), ()> {
+        let skip: Vec<Seq> = self.quarantined(id).into_iter().map(|(s, _)| s).collect();
+        let mut decoded = Vec::with_capacity(changes.len());
+        for (seq, bytes) in changes {
+            if skip.contains(seq) {
+                continue;
+            }
+            decoded.push(Change::from_bytes(bytes.clone()).map_err(|_| ())?);
+        }
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        match catch_unwind(AssertUnwindSafe(|| doc.apply_changes(decoded))) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// The slow path: apply one change at a time, on a copy, so a failing change leaves the
+    /// document as it was; each failure is quarantined (recorded and skipped).
+    fn apply_one_by_one(
+        &self,
+        id: &DocId,
+        mut doc: AutoCommit,
+        changes: Vec<(Seq, Vec<u8>)>,
+    ) -> AutoCommit {
+        for (seq, bytes) in changes {
+            if self.quarantined(id).iter().any(|(s, _)| *s == seq) {
+                continue;
+            }
+            let reason = match Change::from_bytes(bytes) {
+                Err(e) => e.to_string(),
+                Ok(change) => {
+                    let mut trial = doc.clone();
+                    match catch_unwind(AssertUnwindSafe(|| trial.apply_changes([change]))) {
+                        Ok(Ok(())) => {
+                            doc = trial;
+                            continue;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "automerge panicked applying it".to_string(),
+                    }
+                }
+            };
+            tracing::error!(doc = %id, %seq, %reason, "change quarantined");
+            lock(&self.quarantine)
+                .entry(*id)
+                .or_default()
+                .push((seq, reason));
+        }
+        doc
+    }
+
+    fn evict_over_budget(&self, keep: Option<&DocId>) {
+        loop {
+            if self.memory_estimate() <= self.config.memory_budget_bytes {
+                return;
+            }
+            let slots: Vec<(DocId, Arc<Mutex<Slot>>)> = lock(&self.slots)
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            let victim = slots
+                .iter()
+                .filter(|(k, _)| Some(k) != keep)
+                .filter_map(|(k, s)| {
+                    let s = s.try_lock().ok()?;
+                    s.loaded.as_ref().map(|_| (s.last_used, *k))
+                })
+                .min();
+            match victim {
+                Some((_, k)) => self.evict(&k),
+                None => return,
+            }
+        }
+    }
+}
+
+fn appended_bytes(appended: &Appended) -> u64 {
+    // The memory estimate only needs an order of magnitude: a local change is ~100 bytes.
+    128 * appended.results.len() as u64
+}

@@ -1,0 +1,67 @@
+//! The log's failure domain.
+
+use converge_proto::{ChangeHash, DocId, Seq, UserId};
+
+/// Everything that can go wrong in the event log. Appends that fail write nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The storage engine failed (I/O, or sled's own error). The message is sled's.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The directory holds a log written by a newer (or unknown) format.
+    #[error("log format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedFormat { found: u32, supported: u32 },
+    /// The directory holds a sled database that is not a converge log.
+    #[error("not a converge log: {0}")]
+    NotALog(String),
+    /// A stored entry does not decode, or its hash chain does not hold. Names the document and seq.
+    #[error("corrupt log: document {doc} seq {seq}: {reason}")]
+    Corrupt { doc: DocId, seq: Seq, reason: String },
+    /// A stored record other than an entry (index, snapshot, metadata) is damaged.
+    #[error("corrupt log record {record}: {reason}")]
+    CorruptRecord { record: String, reason: String },
+    /// The document has no stream in this log.
+    #[error("unknown document {0}")]
+    UnknownDoc(DocId),
+    /// `create` was called for a document that already exists.
+    #[error("document {0} already exists")]
+    DocExists(DocId),
+    /// The document was deleted; its stream takes no more entries.
+    #[error("document {0} is deleted")]
+    Tombstoned(DocId),
+    /// The bytes are not an automerge change.
+    #[error("malformed change: {0}")]
+    MalformedChange(String),
+    /// An entry, a change or a snapshot is larger than the log accepts.
+    #[error("{what} of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// A field of an entry is invalid (empty batch, over-long name, ...).
+    #[error("invalid entry: {0}")]
+    Invalid(String),
+    /// The change's actor was first pushed by another user; nobody else may write as it.
+    #[error("actor of change {hash} belongs to user {owner}")]
+    ActorOwnedByOther { hash: ChangeHash, owner: UserId },
+    /// A read asked for entries that compaction has dropped.
+    #[error("document {doc}: entries up to seq {compacted_through} were compacted into a snapshot")]
+    Compacted { doc: DocId, compacted_through: Seq },
+    /// A snapshot was offered for a seq the log does not hold.
+    #[error("document {doc}: no entry at seq {seq} to snapshot")]
+    BadSnapshotSeq { doc: DocId, seq: Seq },
+    /// The group-commit flush failed; the append may or may not be durable.
+    #[error("flush failed: {0}")]
+    Flush(String),
+    /// The log was closed while the append waited for its flush.
+    #[error("log closed")]
+    Closed,
+}
+
+impl From<sled::Error> for LogError {
+    fn from(e: sled::Error) -> Self {
+        LogError::Storage(e.to_string())
+    }
+}

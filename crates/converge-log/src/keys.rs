@@ -1,0 +1,62 @@
+//! The key layout of the store: one byte of record type, then the document id, then the rest.
+//! All integers are big-endian so that key order is numeric order. See docs/log-format.md.
+
+use converge_proto::{ClientId, DocId, Seq};
+
+pub(crate) const FORMAT: &[u8] = b"Fformat";
+pub(crate) const FENCE: &[u8] = b"Gfence";
+pub(crate) const META: u8 = b'D';
+pub(crate) const ENTRY: u8 = b'E';
+pub(crate) const HASH: u8 = b'H';
+pub(crate) const ACTOR: u8 = b'A';
+pub(crate) const MUTATION: u8 = b'M';
+pub(crate) const SNAPSHOT: u8 = b'S';
+
+pub(crate) fn doc_key(tag: u8, doc: &DocId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 16 + 32);
+    k.push(tag);
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+pub(crate) fn with_suffix(tag: u8, doc: &DocId, suffix: &[u8]) -> Vec<u8> {
+    let mut k = doc_key(tag, doc);
+    k.extend_from_slice(suffix);
+    k
+}
+
+pub(crate) fn entry(doc: &DocId, seq: Seq) -> Vec<u8> {
+    with_suffix(ENTRY, doc, &seq.get().to_be_bytes())
+}
+
+pub(crate) fn snapshot(doc: &DocId, seq: Seq) -> Vec<u8> {
+    with_suffix(SNAPSHOT, doc, &seq.get().to_be_bytes())
+}
+
+pub(crate) fn mutation(doc: &DocId, client: &ClientId) -> Vec<u8> {
+    with_suffix(MUTATION, doc, client.as_bytes())
+}
+
+/// The first key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // An all-0xFF prefix has no successor; no key of ours is like that.
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// Reads the seq at the end of an entry or snapshot key.
+pub(crate) fn seq_of(key: &[u8]) -> Option<Seq> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(Seq(u64::from_be_bytes(tail)))
+}
+
+/// Reads the document id of any per-document key.
+pub(crate) fn doc_of(key: &[u8]) -> Option<DocId> {
+    DocId::from_slice(key.get(1..17)?).ok()
+}

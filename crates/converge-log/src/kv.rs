@@ -1,0 +1,262 @@
+//! The ordered key-value stores a log runs on: sled on disk, or a map in memory.
+//!
+//! Both give the same guarantees the log relies on: a [`WriteBatch`] is applied whole or not at
+//! all, and only what was applied before a completed [`Kv::flush`] survives a crash. The memory
+//! store can simulate that crash ([`MemStorage::crash`]), which is how tests reboot a `MemLog`.
+//! No sled type leaves this module.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::LogError;
+
+/// Key-value pairs as owned bytes.
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
+
+/// Writes applied atomically by [`Kv::apply`].
+#[derive(Debug, Default)]
+pub(crate) struct WriteBatch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An ordered byte store with atomic batches and an explicit flush.
+pub(crate) trait Kv: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError>;
+    /// Pairs with `start <= key < end`, in key order (or reversed), at most `limit` of them.
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Pair>, LogError>;
+    fn apply(&self, batch: WriteBatch) -> Result<(), LogError>;
+    /// Makes everything applied so far durable.
+    fn flush(&self) -> Result<(), LogError>;
+    fn is_empty(&self) -> Result<bool, LogError>;
+    fn size_on_disk(&self) -> Result<u64, LogError>;
+}
+
+/// sled 0.34.7, one tree. sled makes a batch atomic within one tree, so every key lives in the
+/// default tree under a one-byte prefix (see `keys`).
+pub(crate) struct SledKv {
+    db: sled::Db,
+}
+
+impl SledKv {
+    pub(crate) fn open(path: &Path) -> Result<Self, LogError> {
+        // sled's own background flusher is off: the log decides when to flush (group commit, or
+        // its own timer in buffered mode), so "acknowledged" always means "flushed by us".
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Self { db })
+    }
+}
+
+impl Kv for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Pair>, LogError> {
+        let iter = self.db.range(start..end);
+        let mut out = Vec::new();
+        let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, LogError> {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(out.len() < limit)
+        };
+        if reverse {
+            for item in iter.rev() {
+                if !push(item)? {
+                    break;
+                }
+            }
+        } else {
+            for item in iter {
+                if !push(item)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), LogError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(self.db.is_empty())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, LogError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// The contents of a memory log, shared between successive `MemLog`s so a test can "reboot":
+/// drop the log, optionally [`crash`](MemStorage::crash), and open a new one on the same storage.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    inner: Arc<MemInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemInner {
+    /// What readers see: every applied batch.
+    live: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// What survives a crash: the state as of the last flush.
+    durable: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Batches applied since the last flush, replayed into `durable` by the next flush.
+    unflushed: Mutex<Vec<WriteBatch>>,
+}
+
+impl MemStorage {
+    /// Empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every write that no flush covered, as a power loss would.
+    pub fn crash(&self) {
+        let durable = lock(&self.inner.durable).clone();
+        lock(&self.inner.unflushed).clear();
+        *write(&self.inner.live) = durable;
+    }
+
+    /// Overwrites one raw record; tests use it to corrupt entries below the log API.
+    #[doc(hidden)]
+    pub fn overwrite_raw(&self, key: &[u8], value: Vec<u8>) {
+        write(&self.inner.live).insert(key.to_vec(), value.clone());
+        lock(&self.inner.durable).insert(key.to_vec(), value);
+    }
+
+    /// Every raw key, for tests that corrupt records below the log API.
+    #[doc(hidden)]
+    pub fn raw_keys(&self) -> Vec<Vec<u8>> {
+        read(&self.inner.live).keys().cloned().collect()
+    }
+
+    /// The raw value of one key, for tests.
+    #[doc(hidden)]
+    pub fn raw_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        read(&self.inner.live).get(key).cloned()
+    }
+}
+
+// A poisoned lock means a thread panicked while holding it; the maps are still consistent
+// (every mutation is a single insert or swap), so carrying on is safe.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn apply_ops(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, batch: &WriteBatch) {
+    for (k, v) in &batch.ops {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+impl Kv for MemStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(read(&self.inner.live).get(key).cloned())
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Pair>, LogError> {
+        let map = read(&self.inner.live);
+        let r = map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
+        let pairs = |it: &mut dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>| {
+            it.take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        Ok(if reverse {
+            pairs(&mut r.rev())
+        } else {
+            pairs(&mut r.into_iter())
+        })
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), LogError> {
+        // Hold the journal lock across the live write so a concurrent flush sees batches in
+        // the order readers saw them.
+        let mut unflushed = lock(&self.inner.unflushed);
+        apply_ops(&mut write(&self.inner.live), &batch);
+        unflushed.push(batch);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), LogError> {
+        let batches = std::mem::take(&mut *lock(&self.inner.unflushed));
+        let mut durable = lock(&self.inner.durable);
+        for b in &batches {
+            apply_ops(&mut durable, b);
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(read(&self.inner.live).is_empty())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, LogError> {
+        let map = read(&self.inner.live);
+        Ok(map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
+    }
+}

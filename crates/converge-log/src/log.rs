@@ -1,0 +1,770 @@
+//! [`Log`]: the event log over a [`Kv`] store. `SledLog` and `MemLog` are this type on sled and
+//! on memory, so both pass the same conformance suite by construction of one algorithm, and
+//! differ only in where bytes live.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use converge_proto::limits::{MAX_BATCH_ENTRIES, MAX_SNAPSHOT_BYTES};
+use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationId, Seq};
+
+use crate::codec::{self, FORMAT_VERSION};
+use crate::commit::{Committer, Durability, Durable};
+use crate::entry::{Entry, EntryHash, EntryKind, LockEvent, NewEntry};
+use crate::error::LogError;
+use crate::event_log::{
+    ActorRecord, AppendResult, Appended, DocHead, DocMeta, DocStats, EventLog, Snapshot,
+    SnapshotInfo, SnapshotRecord,
+};
+use crate::keys;
+use crate::kv::{Kv, MemStorage, SledKv, WriteBatch};
+
+/// How a log behaves. `LogConfig::default()` is what `converge serve` uses.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub durability: Durability,
+    /// A snapshot is due after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// No snapshot is due by the size rule while fewer change bytes than this were logged since
+    /// the last one (so a new small document is not snapshotted on every change).
+    pub min_snapshot_bytes: u64,
+    /// Whether writing a snapshot also drops the entries it covers (history is then gone).
+    pub compact_on_snapshot: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            snapshot_every_entries: 10_000,
+            min_snapshot_bytes: 64 * 1024,
+            compact_on_snapshot: false,
+        }
+    }
+}
+
+/// An event log on disk (sled 0.34.7). The default.
+pub type SledLog = Log;
+/// An event log in memory, for fast tests; see [`MemStorage`] to reboot or crash it.
+pub type MemLog = Log;
+
+/// The event log. Open it on disk with [`Log::open`] or in memory with [`Log::open_in_memory`].
+pub struct Log {
+    kv: Arc<dyn Kv>,
+    config: LogConfig,
+    docs: RwLock<HashMap<DocId, Arc<Mutex<DocState>>>>,
+    /// The last issued fencing token. Held while a batch that grants a lock is applied, so
+    /// tokens are issued in the order they become visible.
+    fence: Mutex<u64>,
+    committer: Committer,
+    backend: &'static str,
+}
+
+/// In-memory state of one document, guarded by its own mutex so appends to one document are
+/// serialized while different documents append in parallel.
+#[derive(Debug)]
+struct DocState {
+    meta: DocMeta,
+    last_seq: Seq,
+    last_hash: EntryHash,
+    tombstoned: bool,
+    /// Set when opening found the tail damaged; the document then refuses appends and reads.
+    broken: Option<LogError>,
+    /// Change bytes and entries since the last snapshot; computed on first need.
+    since_snapshot: Option<(u64, u64)>,
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log")
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Log {
+    /// Opens (or creates) a log in `dir` on sled.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
+        let kv = SledKv::open(dir.as_ref())?;
+        Self::open_on(Arc::new(kv), config, "sled")
+    }
+
+    /// Opens a log on memory. Opening again on the same storage is a reboot.
+    pub fn open_in_memory(storage: &MemStorage, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_on(Arc::new(storage.clone()), config, "memory")
+    }
+
+    fn open_on(kv: Arc<dyn Kv>, config: LogConfig, backend: &'static str) -> Result<Self, LogError> {
+        check_format(kv.as_ref())?;
+        let fence = match kv.get(keys::FENCE)? {
+            Some(v) => u64_from(&v).ok_or_else(|| LogError::CorruptRecord {
+                record: "fencing counter".into(),
+                reason: "not 8 bytes".into(),
+            })?,
+            None => 0,
+        };
+        let mut docs = HashMap::new();
+        let metas = kv.range(&[keys::META], &[keys::META + 1], false, usize::MAX)?;
+        for (key, value) in metas {
+            let doc = keys::doc_of(&key).ok_or_else(|| LogError::CorruptRecord {
+                record: "document metadata".into(),
+                reason: "bad key".into(),
+            })?;
+            let meta: DocMeta = codec::decode(&value).map_err(|reason| LogError::CorruptRecord {
+                record: format!("metadata of {doc}"),
+                reason,
+            })?;
+            let state = recover_doc(kv.as_ref(), &doc, meta)?;
+            docs.insert(doc, Arc::new(Mutex::new(state)));
+        }
+        let committer = Committer::start(kv.clone(), config.durability)?;
+        Ok(Self {
+            kv,
+            config,
+            docs: RwLock::new(docs),
+            fence: Mutex::new(fence),
+            committer,
+            backend,
+        })
+    }
+
+    fn state(&self, doc: &DocId) -> Result<Arc<Mutex<DocState>>, LogError> {
+        let docs = self.docs.read().unwrap_or_else(|e| e.into_inner());
+        docs.get(doc).cloned().ok_or(LogError::UnknownDoc(*doc))
+    }
+
+    /// The hash of the entry before `seq` (the `prev` that entry `seq` must carry).
+    fn hash_before(&self, doc: &DocId, st: &DocState, seq: Seq) -> Result<EntryHash, LogError> {
+        let before = Seq(seq.get().saturating_sub(1));
+        if before == Seq(0) {
+            return Ok(EntryHash::GENESIS);
+        }
+        if before == st.last_seq {
+            return Ok(st.last_hash);
+        }
+        if let Some(s) = &st.meta.snapshot {
+            if s.seq == before {
+                return Ok(s.entry_hash);
+            }
+        }
+        let stored = self.kv.get(&keys::entry(doc, before))?.ok_or(LogError::Corrupt {
+            doc: *doc,
+            seq: before,
+            reason: "entry is missing".into(),
+        })?;
+        Ok(Entry::open(doc, before, &stored)?.hash)
+    }
+
+    fn since_snapshot(&self, doc: &DocId, st: &mut DocState) -> Result<(u64, u64), LogError> {
+        if let Some(v) = st.since_snapshot {
+            return Ok(v);
+        }
+        let from = st.meta.snapshot.as_ref().map_or(1, |s| s.seq.get() + 1);
+        let mut bytes = 0;
+        let mut entries = 0;
+        let start = keys::entry(doc, Seq(from));
+        let end = keys::prefix_end(&keys::doc_key(keys::ENTRY, doc));
+        for (key, value) in self.kv.range(&start, &end, false, usize::MAX)? {
+            let seq = keys::seq_of(&key).unwrap_or_default();
+            if let EntryKind::Change(c) = Entry::open(doc, seq, &value)?.kind {
+                bytes += c.len() as u64;
+            }
+            entries += 1;
+        }
+        st.since_snapshot = Some((bytes, entries));
+        Ok((bytes, entries))
+    }
+}
+
+/// Checks (or, for an empty store, writes) the on-disk format version.
+fn check_format(kv: &dyn Kv) -> Result<(), LogError> {
+    match kv.get(keys::FORMAT)? {
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(v.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| LogError::NotALog("format record is not 4 bytes".into()))?;
+            if found != FORMAT_VERSION {
+                return Err(LogError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        None if kv.is_empty()? => {
+            let mut b = WriteBatch::default();
+            b.put(keys::FORMAT.to_vec(), FORMAT_VERSION.to_be_bytes().to_vec());
+            kv.apply(b)?;
+            kv.flush()
+        }
+        None => Err(LogError::NotALog(
+            "the store has data but no converge format record".into(),
+        )),
+    }
+}
+
+fn u64_from(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
+}
+
+/// Rebuilds a document's in-memory state from its metadata and its newest entry.
+///
+/// sled applies a batch whole or not at all, so after a crash the stream ends at the last batch
+/// that reached the disk: entries that were never flushed (and so never acknowledged) are simply
+/// absent. What is checked here is that the newest entry decodes and its hash holds; if not, the
+/// document is marked broken (reads and appends fail naming the seq) rather than guessed at.
+fn recover_doc(kv: &dyn Kv, doc: &DocId, meta: DocMeta) -> Result<DocState, LogError> {
+    let prefix = keys::doc_key(keys::ENTRY, doc);
+    let last = kv.range(&prefix, &keys::prefix_end(&prefix), true, 1)?;
+    let mut st = DocState {
+        last_seq: meta.compacted_through,
+        last_hash: meta
+            .snapshot
+            .as_ref()
+            .filter(|s| s.seq == meta.compacted_through)
+            .map_or(EntryHash::GENESIS, |s| s.entry_hash),
+        meta,
+        tombstoned: false,
+        broken: None,
+        since_snapshot: None,
+    };
+    if let Some((key, value)) = last.into_iter().next() {
+        let seq = keys::seq_of(&key).unwrap_or_default();
+        st.last_seq = seq;
+        match Entry::open(doc, seq, &value) {
+            Ok(e) => {
+                st.last_hash = e.hash;
+                st.tombstoned = matches!(e.kind, EntryKind::Tombstone);
+            }
+            Err(e) => {
+                tracing::error!(%doc, %seq, error = %e, "document tail is damaged");
+                st.broken = Some(e);
+            }
+        }
+    }
+    Ok(st)
+}
+
+/// A change decoded far enough to index it.
+struct ChangeInfo {
+    hash: ChangeHash,
+    actor: Vec<u8>,
+    seq: u64,
+}
+
+fn inspect_change(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
+    let change = automerge::Change::from_bytes(bytes.to_vec())
+        .map_err(|e| LogError::MalformedChange(e.to_string()))?;
+    Ok(ChangeInfo {
+        hash: ChangeHash(change.hash().0),
+        actor: change.actor_id().to_bytes().to_vec(),
+        seq: change.seq(),
+    })
+}
+
+impl EventLog for Log {
+    fn create(&self, doc: DocId, epoch: Epoch) -> Result<Durable, LogError> {
+        let mut docs = self.docs.write().unwrap_or_else(|e| e.into_inner());
+        if docs.contains_key(&doc) {
+            return Err(LogError::DocExists(doc));
+        }
+        let meta = DocMeta {
+            epoch,
+            snapshot: None,
+            compacted_through: Seq(0),
+        };
+        let mut b = WriteBatch::default();
+        b.put(
+            keys::doc_key(keys::META, &doc),
+            codec::encode(&meta).map_err(LogError::Invalid)?,
+        );
+        self.kv.apply(b)?;
+        docs.insert(
+            doc,
+            Arc::new(Mutex::new(DocState {
+                meta,
+                last_seq: Seq(0),
+                last_hash: EntryHash::GENESIS,
+                tombstoned: false,
+                broken: None,
+                since_snapshot: Some((0, 0)),
+            })),
+        );
+        Ok(self.committer.ticket())
+    }
+
+    fn append(&self, doc: &DocId, entries: Vec<NewEntry>) -> Result<Appended, LogError> {
+        if entries.is_empty() {
+            return Err(LogError::Invalid("empty batch".into()));
+        }
+        if entries.len() > MAX_BATCH_ENTRIES {
+            return Err(LogError::TooLarge {
+                what: "batch",
+                size: entries.len(),
+                limit: MAX_BATCH_ENTRIES,
+            });
+        }
+        // Check everything a peer controls before touching any state.
+        let mut infos = Vec::with_capacity(entries.len());
+        for e in &entries {
+            e.kind.check_limits()?;
+            infos.push(match &e.kind {
+                EntryKind::Change(bytes) => Some(inspect_change(bytes)?),
+                _ => None,
+            });
+        }
+        let grants = entries
+            .iter()
+            .any(|e| matches!(&e.kind, EntryKind::Lock(l) if l.event == LockEvent::Granted));
+
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        if st.tombstoned {
+            return Err(LogError::Tombstoned(*doc));
+        }
+        // The fence lock is taken only by batches that grant, after the doc lock (one order).
+        let mut fence = if grants { Some(guard(&self.fence)) } else { None };
+        let mut next_token = fence.as_deref().copied().unwrap_or(0);
+
+        let mut batch = WriteBatch::default();
+        let mut results = Vec::with_capacity(entries.len());
+        let mut seq = st.last_seq;
+        let mut prev = st.last_hash;
+        let mut tombstoned = false;
+        let mut in_batch: HashMap<ChangeHash, Seq> = HashMap::new();
+        let mut actors: HashMap<Vec<u8>, ActorRecord> = HashMap::new();
+        let mut mutations: HashMap<ClientId, MutationId> = HashMap::new();
+        let mut change_bytes = 0u64;
+        let mut written = 0u64;
+
+        for (mut new, info) in entries.into_iter().zip(infos) {
+            if tombstoned {
+                return Err(LogError::Tombstoned(*doc));
+            }
+            if let Some(info) = &info {
+                let known = match in_batch.get(&info.hash) {
+                    Some(s) => Some(*s),
+                    None => self.change_seq(doc, &info.hash)?,
+                };
+                if let Some(existing) = known {
+                    results.push(AppendResult::Duplicate(existing));
+                    continue;
+                }
+                let record = match actors.get(&info.actor) {
+                    Some(r) => Some(r.clone()),
+                    None => self.actor(doc, &info.actor)?,
+                };
+                if let Some(r) = &record {
+                    if r.owner != new.author.user {
+                        return Err(LogError::ActorOwnedByOther {
+                            hash: info.hash,
+                            owner: r.owner.clone(),
+                        });
+                    }
+                }
+                seq = seq.next();
+                let (max_change_seq, entry_seq) = match &record {
+                    Some(r) if r.max_change_seq >= info.seq => (r.max_change_seq, r.entry_seq),
+                    _ => (info.seq, seq),
+                };
+                actors.insert(
+                    info.actor.clone(),
+                    ActorRecord {
+                        owner: new.author.user.clone(),
+                        max_change_seq,
+                        entry_seq,
+                    },
+                );
+                in_batch.insert(info.hash, seq);
+                batch.put(
+                    keys::with_suffix(keys::HASH, doc, &info.hash.0),
+                    seq.get().to_be_bytes().to_vec(),
+                );
+                if let EntryKind::Change(c) = &new.kind {
+                    change_bytes += c.len() as u64;
+                }
+            } else {
+                seq = seq.next();
+            }
+            let mut result = AppendResult::Appended(seq);
+            match &mut new.kind {
+                EntryKind::Lock(l) if l.event == LockEvent::Granted => {
+                    next_token += 1;
+                    l.token = FencingToken(next_token);
+                    result = AppendResult::Granted(seq, l.token);
+                }
+                EntryKind::Mutation(m) => {
+                    let e = mutations.entry(m.client).or_insert(m.mutation_id);
+                    *e = (*e).max(m.mutation_id);
+                }
+                EntryKind::Tombstone => tombstoned = true,
+                _ => {}
+            }
+            let (bytes, hash) = Entry::seal(seq, st.meta.epoch, prev, &new)?;
+            batch.put(keys::entry(doc, seq), bytes);
+            prev = hash;
+            written += 1;
+            results.push(result);
+        }
+        for (actor, record) in actors {
+            batch.put(
+                keys::with_suffix(keys::ACTOR, doc, &actor),
+                codec::encode(&record).map_err(LogError::Invalid)?,
+            );
+        }
+        for (client, id) in mutations {
+            let current = self.last_mutation(doc, &client)?;
+            if current.is_none_or(|c| c < id) {
+                batch.put(keys::mutation(doc, &client), id.get().to_be_bytes().to_vec());
+            }
+        }
+        if let Some(f) = fence.as_deref() {
+            if next_token != *f {
+                batch.put(keys::FENCE.to_vec(), next_token.to_be_bytes().to_vec());
+            }
+        }
+        if !batch.is_empty() {
+            self.kv.apply(batch)?;
+        }
+        if let Some(f) = fence.as_deref_mut() {
+            *f = next_token;
+        }
+        drop(fence);
+        st.last_seq = seq;
+        st.last_hash = prev;
+        st.tombstoned |= tombstoned;
+        if let Some((b, n)) = &mut st.since_snapshot {
+            *b += change_bytes;
+            *n += written;
+        }
+        drop(st);
+        // Always take a ticket, even when every entry was a duplicate: the original may have
+        // been applied by another task and not be flushed yet.
+        Ok(Appended {
+            results,
+            durable: self.committer.ticket(),
+        })
+    }
+
+    fn read(&self, doc: &DocId, from: Seq, limit: usize) -> Result<Vec<Entry>, LogError> {
+        let state = self.state(doc)?;
+        let (prev, last) = {
+            let st = guard(&state);
+            if let Some(e) = &st.broken {
+                return Err(e.clone());
+            }
+            let from = from.max(Seq(1));
+            if from <= st.meta.compacted_through {
+                return Err(LogError::Compacted {
+                    doc: *doc,
+                    compacted_through: st.meta.compacted_through,
+                });
+            }
+            if from > st.last_seq || limit == 0 {
+                return Ok(Vec::new());
+            }
+            (self.hash_before(doc, &st, from)?, st.last_seq)
+        };
+        let from = from.max(Seq(1));
+        let start = keys::entry(doc, from);
+        let end = keys::entry(doc, last.next());
+        let mut prev = prev;
+        let mut expected = from;
+        let mut out = Vec::new();
+        for (key, value) in self.kv.range(&start, &end, false, limit)? {
+            let seq = keys::seq_of(&key).unwrap_or_default();
+            if seq != expected {
+                return Err(LogError::Corrupt {
+                    doc: *doc,
+                    seq: expected,
+                    reason: "entry is missing".into(),
+                });
+            }
+            let entry = Entry::open(doc, seq, &value)?;
+            if entry.prev != prev {
+                return Err(LogError::Corrupt {
+                    doc: *doc,
+                    seq,
+                    reason: "does not link to the entry before it".into(),
+                });
+            }
+            prev = entry.hash;
+            expected = seq.next();
+            out.push(entry);
+        }
+        if out.len() < limit && expected <= last {
+            return Err(LogError::Corrupt {
+                doc: *doc,
+                seq: expected,
+                reason: "entry is missing".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn head(&self, doc: &DocId) -> Result<DocHead, LogError> {
+        let state = self.state(doc)?;
+        let st = guard(&state);
+        Ok(DocHead {
+            epoch: st.meta.epoch,
+            last_seq: st.last_seq,
+            last_hash: st.last_hash,
+            compacted_through: st.meta.compacted_through,
+            snapshot_seq: st.meta.snapshot.as_ref().map(|s| s.seq),
+            tombstoned: st.tombstoned,
+        })
+    }
+
+    fn docs(&self) -> Result<Vec<DocId>, LogError> {
+        let docs = self.docs.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<DocId> = docs.keys().copied().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn change_seq(&self, doc: &DocId, hash: &ChangeHash) -> Result<Option<Seq>, LogError> {
+        let key = keys::with_suffix(keys::HASH, doc, &hash.0);
+        match self.kv.get(&key)? {
+            None => Ok(None),
+            Some(v) => u64_from(&v)
+                .map(|s| Some(Seq(s)))
+                .ok_or_else(|| LogError::CorruptRecord {
+                    record: format!("hash index of {doc}"),
+                    reason: "not 8 bytes".into(),
+                }),
+        }
+    }
+
+    fn actor(&self, doc: &DocId, actor: &[u8]) -> Result<Option<ActorRecord>, LogError> {
+        let key = keys::with_suffix(keys::ACTOR, doc, actor);
+        match self.kv.get(&key)? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v)
+                .map(Some)
+                .map_err(|reason| LogError::CorruptRecord {
+                    record: format!("actor index of {doc}"),
+                    reason,
+                }),
+        }
+    }
+
+    fn last_mutation(
+        &self,
+        doc: &DocId,
+        client: &ClientId,
+    ) -> Result<Option<MutationId>, LogError> {
+        match self.kv.get(&keys::mutation(doc, client))? {
+            None => Ok(None),
+            Some(v) => u64_from(&v)
+                .map(|s| Some(MutationId(s)))
+                .ok_or_else(|| LogError::CorruptRecord {
+                    record: format!("mutation index of {doc}"),
+                    reason: "not 8 bytes".into(),
+                }),
+        }
+    }
+
+    fn fencing_counter(&self) -> Result<FencingToken, LogError> {
+        Ok(FencingToken(*guard(&self.fence)))
+    }
+
+    fn put_snapshot(&self, doc: &DocId, seq: Seq, bytes: Vec<u8>) -> Result<Durable, LogError> {
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(LogError::TooLarge {
+                what: "snapshot",
+                size: bytes.len(),
+                limit: MAX_SNAPSHOT_BYTES,
+            });
+        }
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        if seq == Seq(0) || seq > st.last_seq || seq < st.meta.compacted_through {
+            return Err(LogError::BadSnapshotSeq { doc: *doc, seq });
+        }
+        if st.meta.snapshot.as_ref().is_some_and(|s| s.seq >= seq) {
+            // An equal or newer snapshot is already stored.
+            return Ok(self.committer.ticket());
+        }
+        let entry_hash = self.hash_before(doc, &st, seq.next())?;
+        let size = bytes.len() as u64;
+        let record = SnapshotRecord {
+            entry_hash,
+            checksum: *blake3::hash(&bytes).as_bytes(),
+            bytes,
+        };
+        let mut meta = st.meta.clone();
+        let mut batch = WriteBatch::default();
+        if let Some(old) = &meta.snapshot {
+            batch.delete(keys::snapshot(doc, old.seq));
+        }
+        batch.put(
+            keys::snapshot(doc, seq),
+            codec::encode(&record).map_err(LogError::Invalid)?,
+        );
+        meta.snapshot = Some(SnapshotInfo {
+            seq,
+            entry_hash,
+            size,
+        });
+        batch.put(
+            keys::doc_key(keys::META, doc),
+            codec::encode(&meta).map_err(LogError::Invalid)?,
+        );
+        self.kv.apply(batch)?;
+        st.meta = meta;
+        st.since_snapshot = None;
+        drop(st);
+        if self.config.compact_on_snapshot {
+            self.compact(doc)?;
+        }
+        Ok(self.committer.ticket())
+    }
+
+    fn snapshot(&self, doc: &DocId) -> Result<Option<Snapshot>, LogError> {
+        let state = self.state(doc)?;
+        let info = guard(&state).meta.snapshot.clone();
+        let Some(info) = info else { return Ok(None) };
+        let corrupt = |reason: String| LogError::CorruptRecord {
+            record: format!("snapshot of {doc} at seq {}", info.seq),
+            reason,
+        };
+        let stored = self
+            .kv
+            .get(&keys::snapshot(doc, info.seq))?
+            .ok_or_else(|| corrupt("missing".into()))?;
+        let record: SnapshotRecord = codec::decode(&stored).map_err(corrupt)?;
+        if *blake3::hash(&record.bytes).as_bytes() != record.checksum
+            || record.entry_hash != info.entry_hash
+        {
+            return Err(corrupt("checksum does not match".into()));
+        }
+        Ok(Some(Snapshot {
+            seq: info.seq,
+            entry_hash: record.entry_hash,
+            bytes: record.bytes,
+        }))
+    }
+
+    fn snapshot_due(&self, doc: &DocId) -> Result<bool, LogError> {
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        let (bytes, entries) = self.since_snapshot(doc, &mut st)?;
+        let size = st.meta.snapshot.as_ref().map_or(0, |s| s.size);
+        Ok(entries > 0
+            && (entries >= self.config.snapshot_every_entries
+                || bytes > size.max(self.config.min_snapshot_bytes)))
+    }
+
+    fn compact(&self, doc: &DocId) -> Result<u64, LogError> {
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        let Some(snap) = st.meta.snapshot.clone() else {
+            return Ok(0);
+        };
+        let mut dropped = 0;
+        // Chunked so one compaction of a long history does not build one huge batch; each
+        // chunk moves `compacted_through` forward in the same batch that deletes its entries.
+        const CHUNK: u64 = 10_000;
+        while st.meta.compacted_through < snap.seq {
+            let from = st.meta.compacted_through.next();
+            let to = Seq((from.get() + CHUNK - 1).min(snap.seq.get()));
+            let mut meta = st.meta.clone();
+            meta.compacted_through = to;
+            let mut batch = WriteBatch::default();
+            for s in from.get()..=to.get() {
+                batch.delete(keys::entry(doc, Seq(s)));
+            }
+            batch.put(
+                keys::doc_key(keys::META, doc),
+                codec::encode(&meta).map_err(LogError::Invalid)?,
+            );
+            self.kv.apply(batch)?;
+            st.meta = meta;
+            dropped += to.get() - from.get() + 1;
+        }
+        Ok(dropped)
+    }
+
+    fn stats(&self, doc: &DocId) -> Result<DocStats, LogError> {
+        let head = self.head(doc)?;
+        let prefix = keys::doc_key(keys::ENTRY, doc);
+        let mut stats = DocStats {
+            snapshot_seq: head.snapshot_seq,
+            ..DocStats::default()
+        };
+        for (key, value) in self
+            .kv
+            .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+        {
+            stats.entries += 1;
+            stats.entry_bytes += (key.len() + value.len()) as u64;
+            let seq = keys::seq_of(&key).unwrap_or_default();
+            if let Ok(Entry {
+                kind: EntryKind::Change(c),
+                ..
+            }) = Entry::open(doc, seq, &value)
+            {
+                stats.changes += 1;
+                stats.change_bytes += c.len() as u64;
+            }
+        }
+        if let Some(seq) = head.snapshot_seq {
+            stats.snapshot_bytes = self
+                .kv
+                .get(&keys::snapshot(doc, seq))?
+                .map_or(0, |v| v.len() as u64);
+        }
+        Ok(stats)
+    }
+
+    fn verify(&self, doc: &DocId) -> Result<u64, LogError> {
+        let head = self.head(doc)?;
+        let mut from = head.compacted_through.next();
+        let mut checked = 0;
+        const PAGE: usize = 4096;
+        while from <= head.last_seq {
+            let page = self.read(doc, from, PAGE)?;
+            let Some(last) = page.last() else { break };
+            from = last.seq.next();
+            checked += page.len() as u64;
+        }
+        // Keys past the head would be entries the stream does not account for.
+        let stray = self.kv.range(
+            &keys::entry(doc, head.last_seq.next()),
+            &keys::prefix_end(&keys::doc_key(keys::ENTRY, doc)),
+            false,
+            1,
+        )?;
+        if let Some((key, _)) = stray.first() {
+            return Err(LogError::Corrupt {
+                doc: *doc,
+                seq: keys::seq_of(key).unwrap_or_default(),
+                reason: "entry past the end of the stream".into(),
+            });
+        }
+        // Reading the snapshot checks its checksum and that it names the chain's hash at its seq.
+        self.snapshot(doc)?;
+        Ok(checked)
+    }
+
+    fn flush(&self) -> Result<(), LogError> {
+        self.committer.flush_now()
+    }
+
+    fn size_on_disk(&self) -> Result<u64, LogError> {
+        self.kv.size_on_disk()
+    }
+}

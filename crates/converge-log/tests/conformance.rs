@@ -1,0 +1,492 @@
+//! The EventLog conformance suite: every test runs on SledLog and on MemLog.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Backend, Writer, change_entry, user};
+use converge_log::{
+    AppendResult, Author, Durability, EntryHash, EntryKind, EventLog, LockEvent, LockRecord,
+    LogConfig, LogError, MutationOutcome, MutationRecord, NewEntry,
+};
+use converge_proto::limits::MAX_CHANGE_BYTES;
+use converge_proto::{ClientId, DocId, Epoch, FencingToken, MutationId, Seq};
+
+const DOC: DocId = DocId::from_bytes([9; 16]);
+
+/// Declares one test per backend for each suite function.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sled_log { $( #[test] fn $name() { super::$name(super::Backend::sled()); } )* }
+        mod mem_log { $( #[test] fn $name() { super::$name(super::Backend::mem()); } )* }
+    };
+}
+
+conformance!(
+    appends_get_dense_seqs_and_a_chain,
+    duplicate_change_writes_nothing,
+    reads_respect_range_and_limit,
+    unknown_and_existing_documents,
+    actor_index_tracks_owner_and_seq,
+    actor_owned_by_another_user_is_refused,
+    malformed_change_is_refused_and_nothing_written,
+    oversize_change_is_refused,
+    empty_and_oversize_batches_are_refused,
+    mutation_ids_are_tracked_per_client,
+    fencing_tokens_increase_across_reopen,
+    snapshots_and_compaction,
+    snapshot_due_follows_the_size_and_count_rules,
+    tombstone_ends_the_stream,
+    everything_survives_reopen,
+    concurrent_appenders_share_flushes,
+    buffered_mode_acknowledges_at_once,
+    verify_counts_the_chain,
+);
+
+fn new_log(b: &Backend) -> Arc<converge_log::Log> {
+    let log = b.open(LogConfig::default());
+    log.create(DOC, Epoch(1)).unwrap().wait().unwrap();
+    log
+}
+
+fn appends_get_dense_seqs_and_a_chain(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let batch = vec![change_entry(&alice, w.put("a", 1)), change_entry(&alice, w.put("b", 2))];
+    let appended = log.append(&DOC, batch).unwrap();
+    appended.durable.wait().unwrap();
+    assert_eq!(
+        appended.results,
+        vec![AppendResult::Appended(Seq(1)), AppendResult::Appended(Seq(2))]
+    );
+    let one = log.append(&DOC, vec![change_entry(&alice, w.put("c", 3))]).unwrap();
+    assert_eq!(one.results, vec![AppendResult::Appended(Seq(3))]);
+    let entries = log.read(&DOC, Seq(1), 100).unwrap();
+    assert_eq!(entries.len(), 3, "{}", b.name());
+    assert_eq!(entries[0].prev, EntryHash::GENESIS);
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].prev, pair[0].hash);
+        assert_eq!(pair[1].seq, pair[0].seq.next());
+    }
+    let head = log.head(&DOC).unwrap();
+    assert_eq!(head.last_seq, Seq(3));
+    assert_eq!(head.last_hash, entries[2].hash);
+    assert_eq!(head.epoch, Epoch(1));
+}
+
+fn duplicate_change_writes_nothing(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let c1 = w.put("a", 1);
+    let c2 = w.put("b", 2);
+    log.append(&DOC, vec![change_entry(&alice, c1.clone())]).unwrap();
+    // A duplicate inside one batch and one already logged.
+    let r = log
+        .append(
+            &DOC,
+            vec![
+                change_entry(&alice, c2.clone()),
+                change_entry(&alice, c2.clone()),
+                change_entry(&alice, c1.clone()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        r.results,
+        vec![
+            AppendResult::Appended(Seq(2)),
+            AppendResult::Duplicate(Seq(2)),
+            AppendResult::Duplicate(Seq(1)),
+        ]
+    );
+    let r = log.append(&DOC, vec![change_entry(&alice, c1)]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(1))]);
+    r.durable.wait().unwrap();
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(2));
+    assert_eq!(log.read(&DOC, Seq(1), 10).unwrap().len(), 2);
+    // Even another user re-sending a logged change is only a duplicate.
+    let r = log.append(&DOC, vec![change_entry(&user("bob"), c2)]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(2))]);
+}
+
+fn reads_respect_range_and_limit(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let batch = (0..20).map(|i| change_entry(&alice, w.put("k", i))).collect();
+    log.append(&DOC, batch).unwrap();
+    let page = log.read(&DOC, Seq(5), 4).unwrap();
+    assert_eq!(page.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), vec![5, 6, 7, 8]);
+    assert!(log.read(&DOC, Seq(21), 10).unwrap().is_empty());
+    assert_eq!(log.read(&DOC, Seq(0), 100).unwrap().len(), 20);
+    assert_eq!(log.read(&DOC, Seq(18), 100).unwrap().len(), 3);
+}
+
+fn unknown_and_existing_documents(b: Backend) {
+    let log = new_log(&b);
+    let other = DocId::from_bytes([1; 16]);
+    let mut w = Writer::new(1);
+    assert_eq!(
+        log.append(&other, vec![change_entry(&user("a"), w.put("x", 1))]).unwrap_err(),
+        LogError::UnknownDoc(other)
+    );
+    assert_eq!(log.read(&other, Seq(1), 1).unwrap_err(), LogError::UnknownDoc(other));
+    assert_eq!(log.create(DOC, Epoch(1)).unwrap_err(), LogError::DocExists(DOC));
+    log.create(other, Epoch(7)).unwrap().wait().unwrap();
+    assert_eq!(log.docs().unwrap(), {
+        let mut v = vec![DOC, other];
+        v.sort();
+        v
+    });
+    assert_eq!(log.head(&other).unwrap().epoch, Epoch(7));
+}
+
+fn actor_index_tracks_owner_and_seq(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(3);
+    let c1 = w.put("a", 1);
+    let c2 = w.put("a", 2);
+    log.append(&DOC, vec![change_entry(&alice, c1.clone()), change_entry(&alice, c2)])
+        .unwrap();
+    let rec = log.actor(&DOC, &[3; 16]).unwrap().unwrap();
+    assert_eq!(rec.owner, alice.user);
+    assert_eq!(rec.max_change_seq, 2);
+    assert_eq!(rec.entry_seq, Seq(2));
+    assert_eq!(log.actor(&DOC, &[4; 16]).unwrap(), None);
+    let hash = automerge::Change::from_bytes(c1).unwrap().hash();
+    assert_eq!(
+        log.change_seq(&DOC, &converge_proto::ChangeHash(hash.0)).unwrap(),
+        Some(Seq(1))
+    );
+    assert_eq!(log.change_seq(&DOC, &converge_proto::ChangeHash([0; 32])).unwrap(), None);
+}
+
+fn actor_owned_by_another_user_is_refused(b: Backend) {
+    let log = new_log(&b);
+    let mut w = Writer::new(3);
+    log.append(&DOC, vec![change_entry(&user("alice"), w.put("a", 1))]).unwrap();
+    let err = log
+        .append(&DOC, vec![change_entry(&user("mallory"), w.put("a", 2))])
+        .unwrap_err();
+    assert!(matches!(err, LogError::ActorOwnedByOther { .. }), "{err:?}");
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(1));
+    // A batch that fails part way writes none of it.
+    let mut w2 = Writer::new(4);
+    let err = log
+        .append(
+            &DOC,
+            vec![change_entry(&user("mallory"), w2.put("b", 1)), change_entry(&user("mallory"), w.put("a", 3))],
+        )
+        .unwrap_err();
+    assert!(matches!(err, LogError::ActorOwnedByOther { .. }));
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(1));
+    assert_eq!(log.actor(&DOC, &[4; 16]).unwrap(), None);
+}
+
+fn malformed_change_is_refused_and_nothing_written(b: Backend) {
+    let log = new_log(&b);
+    let mut w = Writer::new(1);
+    let good = w.put("a", 1);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    for bad in [vec![], vec![0xde, 0xad, 0xbe, 0xef], truncated] {
+        let err = log
+            .append(&DOC, vec![change_entry(&user("a"), good.clone()), change_entry(&user("a"), bad)])
+            .unwrap_err();
+        assert!(matches!(err, LogError::MalformedChange(_)), "{err:?}");
+    }
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
+    assert!(log.read(&DOC, Seq(1), 10).unwrap().is_empty());
+}
+
+fn oversize_change_is_refused(b: Backend) {
+    let log = new_log(&b);
+    let mut w = Writer::new(1);
+    let big = w.blob(MAX_CHANGE_BYTES + 10);
+    let err = log.append(&DOC, vec![change_entry(&user("a"), big)]).unwrap_err();
+    assert!(matches!(err, LogError::TooLarge { what: "change", .. }), "{err:?}");
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
+}
+
+fn empty_and_oversize_batches_are_refused(b: Backend) {
+    let log = new_log(&b);
+    assert!(matches!(log.append(&DOC, vec![]).unwrap_err(), LogError::Invalid(_)));
+    let entry = NewEntry {
+        at_ms: 0,
+        author: user("a"),
+        kind: EntryKind::Tombstone,
+    };
+    let err = log.append(&DOC, vec![entry; 5000]).unwrap_err();
+    assert!(matches!(err, LogError::TooLarge { what: "batch", .. }));
+    let long_name = NewEntry {
+        at_ms: 0,
+        author: user("a"),
+        kind: EntryKind::Mutation(MutationRecord {
+            client: ClientId::from_bytes([1; 16]),
+            mutation_id: MutationId(1),
+            name: "n".repeat(10_000),
+            args: vec![],
+            outcome: MutationOutcome::Applied,
+        }),
+    };
+    assert!(matches!(log.append(&DOC, vec![long_name]).unwrap_err(), LogError::TooLarge { .. }));
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
+}
+
+fn mutation(client: u8, id: u64, outcome: MutationOutcome) -> NewEntry {
+    NewEntry {
+        at_ms: 5,
+        author: user("alice"),
+        kind: EntryKind::Mutation(MutationRecord {
+            client: ClientId::from_bytes([client; 16]),
+            mutation_id: MutationId(id),
+            name: "book".into(),
+            args: vec![1, 2, 3],
+            outcome,
+        }),
+    }
+}
+
+fn mutation_ids_are_tracked_per_client(b: Backend) {
+    let log = new_log(&b);
+    let c1 = ClientId::from_bytes([1; 16]);
+    let c2 = ClientId::from_bytes([2; 16]);
+    assert_eq!(log.last_mutation(&DOC, &c1).unwrap(), None);
+    log.append(&DOC, vec![mutation(1, 1, MutationOutcome::Applied), mutation(1, 2, MutationOutcome::Applied)])
+        .unwrap();
+    let rejected = MutationOutcome::Rejected { code: 409, message: "slot taken".into() };
+    log.append(&DOC, vec![mutation(2, 1, rejected.clone())]).unwrap();
+    assert_eq!(log.last_mutation(&DOC, &c1).unwrap(), Some(MutationId(2)));
+    assert_eq!(log.last_mutation(&DOC, &c2).unwrap(), Some(MutationId(1)));
+    let e = log.read(&DOC, Seq(3), 1).unwrap();
+    assert!(matches!(&e[0].kind, EntryKind::Mutation(m) if m.outcome == rejected));
+}
+
+fn lock_grant(key: &str) -> NewEntry {
+    NewEntry {
+        at_ms: 10,
+        author: user("alice"),
+        kind: EntryKind::Lock(LockRecord {
+            key: key.into(),
+            event: LockEvent::Granted,
+            holder: user("alice"),
+            token: FencingToken(0),
+            expires_at_ms: 30_000,
+        }),
+    }
+}
+
+fn fencing_tokens_increase_across_reopen(b: Backend) {
+    let log = new_log(&b);
+    let other = DocId::from_bytes([2; 16]);
+    let _ = log.create(other, Epoch(1)).unwrap();
+    let r = log.append(&DOC, vec![lock_grant("event:1"), lock_grant("event:2")]).unwrap();
+    assert_eq!(
+        r.results,
+        vec![AppendResult::Granted(Seq(1), FencingToken(1)), AppendResult::Granted(Seq(2), FencingToken(2))]
+    );
+    let r = log.append(&other, vec![lock_grant("event:1")]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Granted(Seq(1), FencingToken(3))]);
+    r.durable.wait().unwrap();
+    let stored = log.read(&other, Seq(1), 1).unwrap();
+    assert!(matches!(&stored[0].kind, EntryKind::Lock(l) if l.token == FencingToken(3)));
+    drop(log);
+    let log = b.open(LogConfig::default());
+    assert_eq!(log.fencing_counter().unwrap(), FencingToken(3));
+    let r = log.append(&DOC, vec![lock_grant("event:1")]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Granted(Seq(3), FencingToken(4))]);
+}
+
+fn snapshots_and_compaction(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let batch = (0..10).map(|i| change_entry(&alice, w.put("k", i))).collect();
+    log.append(&DOC, batch).unwrap();
+    assert_eq!(log.snapshot(&DOC).unwrap(), None);
+    assert!(matches!(
+        log.put_snapshot(&DOC, Seq(11), vec![1]).unwrap_err(),
+        LogError::BadSnapshotSeq { .. }
+    ));
+    let saved = w.doc.save();
+    log.put_snapshot(&DOC, Seq(6), saved.clone()).unwrap().wait().unwrap();
+    let snap = log.snapshot(&DOC).unwrap().unwrap();
+    assert_eq!(snap.seq, Seq(6));
+    assert_eq!(snap.bytes, saved);
+    assert_eq!(snap.entry_hash, log.read(&DOC, Seq(6), 1).unwrap()[0].hash);
+    assert_eq!(log.head(&DOC).unwrap().snapshot_seq, Some(Seq(6)));
+
+    assert_eq!(log.compact(&DOC).unwrap(), 6);
+    assert_eq!(
+        log.read(&DOC, Seq(3), 10).unwrap_err(),
+        LogError::Compacted { doc: DOC, compacted_through: Seq(6) }
+    );
+    // The tail still links to the snapshot's entry hash.
+    let tail = log.read(&DOC, Seq(7), 10).unwrap();
+    assert_eq!(tail.len(), 4);
+    assert_eq!(tail[0].prev, snap.entry_hash);
+    // Dedup still knows compacted changes.
+    let mut again = Writer::new(1);
+    let first = again.put("k", 0);
+    let r = log.append(&DOC, vec![change_entry(&alice, first)]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(1))]);
+    r.durable.wait().unwrap();
+    assert_eq!(log.verify(&DOC).unwrap(), 4);
+    drop(log);
+    let log = b.open(LogConfig::default());
+    let head = log.head(&DOC).unwrap();
+    assert_eq!((head.compacted_through, head.last_seq), (Seq(6), Seq(10)));
+    assert_eq!(log.snapshot(&DOC).unwrap().unwrap().bytes, saved);
+    assert_eq!(log.verify(&DOC).unwrap(), 4);
+    // Compacting everything leaves the head on the snapshot, and appends continue the chain.
+    log.put_snapshot(&DOC, Seq(10), w.doc.save()).unwrap().wait().unwrap();
+    log.compact(&DOC).unwrap();
+    drop(log);
+    let log = b.open(LogConfig::default());
+    let head = log.head(&DOC).unwrap();
+    assert_eq!((head.compacted_through, head.last_seq), (Seq(10), Seq(10)));
+    log.append(&DOC, vec![change_entry(&alice, w.put("z", 1))]).unwrap();
+    let e = log.read(&DOC, Seq(11), 1).unwrap();
+    assert_eq!(e[0].prev, log.snapshot(&DOC).unwrap().unwrap().entry_hash);
+}
+
+fn snapshot_due_follows_the_size_and_count_rules(b: Backend) {
+    let config = LogConfig {
+        snapshot_every_entries: 5,
+        min_snapshot_bytes: 1000,
+        ..LogConfig::default()
+    };
+    let log = b.open(config.clone());
+    let _ = log.create(DOC, Epoch(1)).unwrap();
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    assert!(!log.snapshot_due(&DOC).unwrap());
+    for i in 0..4 {
+        log.append(&DOC, vec![change_entry(&alice, w.put("k", i))]).unwrap();
+    }
+    assert!(!log.snapshot_due(&DOC).unwrap());
+    log.append(&DOC, vec![change_entry(&alice, w.put("k", 9))]).unwrap();
+    assert!(log.snapshot_due(&DOC).unwrap(), "5 entries since the last snapshot");
+    log.put_snapshot(&DOC, Seq(5), w.doc.save()).unwrap().wait().unwrap();
+    assert!(!log.snapshot_due(&DOC).unwrap());
+    // Size rule: more change bytes than the snapshot (and the floor) since it.
+    log.append(&DOC, vec![change_entry(&alice, w.blob(2000))]).unwrap().durable.wait().unwrap();
+    assert!(log.snapshot_due(&DOC).unwrap());
+    // The counters are rebuilt after a reopen.
+    drop(log);
+    let log = b.open(config);
+    assert!(log.snapshot_due(&DOC).unwrap());
+}
+
+fn tombstone_ends_the_stream(b: Backend) {
+    let log = new_log(&b);
+    let tomb = NewEntry { at_ms: 1, author: user("a"), kind: EntryKind::Tombstone };
+    log.append(&DOC, vec![tomb.clone()]).unwrap().durable.wait().unwrap();
+    assert!(log.head(&DOC).unwrap().tombstoned);
+    assert_eq!(log.append(&DOC, vec![tomb.clone()]).unwrap_err(), LogError::Tombstoned(DOC));
+    drop(log);
+    let log = b.open(LogConfig::default());
+    assert!(log.head(&DOC).unwrap().tombstoned);
+    assert_eq!(log.append(&DOC, vec![tomb]).unwrap_err(), LogError::Tombstoned(DOC));
+}
+
+fn everything_survives_reopen(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let batch: Vec<_> = (0..50).map(|i| change_entry(&alice, w.put("k", i))).collect();
+    log.append(&DOC, batch).unwrap().durable.wait().unwrap();
+    let before = log.read(&DOC, Seq(1), 100).unwrap();
+    drop(log);
+    let log = b.open(LogConfig::default());
+    assert_eq!(log.read(&DOC, Seq(1), 100).unwrap(), before);
+    assert_eq!(log.head(&DOC).unwrap().last_hash, before[49].hash);
+    assert_eq!(log.actor(&DOC, &[1; 16]).unwrap().unwrap().max_change_seq, 50);
+    let r = log.append(&DOC, vec![change_entry(&alice, w.put("k", 99))]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Appended(Seq(51))]);
+}
+
+fn concurrent_appenders_share_flushes(b: Backend) {
+    let log = b.open(LogConfig::default());
+    let docs: Vec<DocId> = (0..8u8).map(|i| DocId::from_bytes([i + 100; 16])).collect();
+    for d in &docs {
+        let _ = log.create(*d, Epoch(1)).unwrap();
+    }
+    std::thread::scope(|s| {
+        for (t, doc) in docs.iter().enumerate() {
+            for half in 0..2u8 {
+                let log = log.clone();
+                s.spawn(move || {
+                    let author = Author::user(converge_proto::UserId::new(format!("u{t}")).unwrap());
+                    let mut w = Writer::new(t as u8 * 2 + half + 1);
+                    for i in 0..50 {
+                        let r = log.append(doc, vec![change_entry(&author, w.put("k", i))]).unwrap();
+                        r.durable.wait().unwrap();
+                    }
+                });
+            }
+        }
+    });
+    for d in &docs {
+        let entries = log.read(d, Seq(1), 1000).unwrap();
+        assert_eq!(entries.len(), 100);
+        assert_eq!(log.verify(d).unwrap(), 100);
+    }
+}
+
+fn buffered_mode_acknowledges_at_once(b: Backend) {
+    let config = LogConfig {
+        durability: Durability::Buffered { every: std::time::Duration::from_millis(5) },
+        ..LogConfig::default()
+    };
+    let log = b.open(config.clone());
+    let _ = log.create(DOC, Epoch(1)).unwrap();
+    let mut w = Writer::new(1);
+    for i in 0..20 {
+        log.append(&DOC, vec![change_entry(&user("a"), w.put("k", i))]).unwrap().durable.wait().unwrap();
+    }
+    drop(log); // a clean close flushes
+    let log = b.open(config);
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(20));
+}
+
+fn verify_counts_the_chain(b: Backend) {
+    let log = new_log(&b);
+    let mut w = Writer::new(1);
+    let batch = (0..30).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
+    log.append(&DOC, batch).unwrap();
+    assert_eq!(log.verify(&DOC).unwrap(), 30);
+}
+
+#[test]
+fn memory_crash_loses_only_unflushed_appends() {
+    let storage = converge_log::MemStorage::new();
+    let config = LogConfig {
+        durability: Durability::Buffered { every: std::time::Duration::from_secs(3600) },
+        ..LogConfig::default()
+    };
+    let log = converge_log::Log::open_in_memory(&storage, config.clone()).unwrap();
+    let _ = log.create(DOC, Epoch(1)).unwrap();
+    let mut w = Writer::new(1);
+    log.append(&DOC, vec![change_entry(&user("a"), w.put("k", 1))]).unwrap();
+    log.flush().unwrap();
+    log.append(&DOC, vec![change_entry(&user("a"), w.put("k", 2))]).unwrap();
+    storage.crash();
+    std::mem::forget(log); // the process "died": no clean close
+    let log = converge_log::Log::open_in_memory(&storage, config).unwrap();
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(1));
+    assert_eq!(log.verify(&DOC).unwrap(), 1);
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let storage = converge_log::MemStorage::new();
+    drop(converge_log::Log::open_in_memory(&storage, LogConfig::default()).unwrap());
+    storage.overwrite_raw(b"Fformat", 99u32.to_be_bytes().to_vec());
+    let err = converge_log::Log::open_in_memory(&storage, LogConfig::default()).unwrap_err();
+    assert_eq!(err, LogError::UnsupportedFormat { found: 99, supported: converge_log::FORMAT_VERSION });
+}
