@@ -76,6 +76,9 @@ pub enum StoreError {
     /// A log entry could not be applied; it is quarantined and the document loads without it.
     #[error("document {doc}: the change at seq {seq} cannot be applied ({reason}); it is quarantined")]
     Quarantined { doc: DocId, seq: Seq, reason: String },
+    /// The function that writes a new document's first state failed; nothing was written.
+    #[error("cannot build the document: {0}")]
+    Init(String),
     /// `load_at` asked for a seq past the end of the stream.
     #[error("document {doc} has no seq {seq} (last is {last})")]
     NoSuchSeq { doc: DocId, seq: Seq, last: Seq },
@@ -144,17 +147,18 @@ impl DocStore {
 
     /// Creates a document: `init` writes its first state, which becomes the stream's first
     /// change. Returns the new id and the durability ticket of that first append.
-    pub fn create<F>(
+    pub fn create<F, E>(
         &self,
         author: &Author,
         at_ms: u64,
         init: F,
     ) -> Result<(DocId, Durable), StoreError>
     where
-        F: FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
+        F: FnOnce(&mut AutoCommit) -> Result<(), E>,
+        E: std::fmt::Display,
     {
         let mut doc = AutoCommit::new();
-        init(&mut doc)?;
+        init(&mut doc).map_err(|e| StoreError::Init(e.to_string()))?;
         let changes: Vec<Vec<u8>> = doc
             .get_changes(&[])
             .iter()
