@@ -352,6 +352,19 @@ impl DocStore {
             * self.config.memory_factor
     }
 
+    /// How many logged entries the in-memory document has not taken in yet (None: not loaded).
+    /// They are applied, all in one call, by the next read or change.
+    pub fn pending_entries(&self, id: &DocId) -> Result<Option<u64>, StoreError> {
+        let head = self.log.head(id)?;
+        let slot = lock(&self.slots).get(id).cloned();
+        Ok(slot.and_then(|s| {
+            lock(&s)
+                .loaded
+                .as_ref()
+                .map(|l| head.last_seq.get().saturating_sub(l.applied_through.get()))
+        }))
+    }
+
     /// Log seqs of changes that could not be applied to a document.
     pub fn quarantined(&self, id: &DocId) -> Vec<(Seq, String)> {
         lock(&self.quarantine).get(id).cloned().unwrap_or_default()

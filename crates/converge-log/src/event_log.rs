@@ -127,7 +127,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// (the automerge-repo rule, with a floor), or `snapshot_every_entries` entries were logged.
     fn snapshot_due(&self, doc: &DocId) -> Result<bool, LogError>;
 
-    /// Drops the entries the newest snapshot covers. Returns how many were dropped.
+    /// Drops the entries the newest snapshot covers, durably. Returns how many were dropped.
     /// Entries are deleted, never rewritten; the change-hash index is kept for dedup.
     fn compact(&self, doc: &DocId) -> Result<u64, LogError>;
 
@@ -151,6 +151,9 @@ pub(crate) struct DocMeta {
     pub(crate) epoch: Epoch,
     pub(crate) snapshot: Option<SnapshotInfo>,
     pub(crate) compacted_through: Seq,
+    /// The hash of the entry at `compacted_through`, so the first retained entry can still be
+    /// checked against the chain after a newer snapshot replaces the one it was compacted into.
+    pub(crate) compacted_hash: EntryHash,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

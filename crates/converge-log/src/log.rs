@@ -149,6 +149,9 @@ impl Log {
         if before == st.last_seq {
             return Ok(st.last_hash);
         }
+        if before == st.meta.compacted_through {
+            return Ok(st.meta.compacted_hash);
+        }
         if let Some(s) = &st.meta.snapshot {
             if s.seq == before {
                 return Ok(s.entry_hash);
@@ -225,11 +228,7 @@ fn recover_doc(kv: &dyn Kv, doc: &DocId, meta: DocMeta) -> Result<DocState, LogE
     let last = kv.range(&prefix, &keys::prefix_end(&prefix), true, 1)?;
     let mut st = DocState {
         last_seq: meta.compacted_through,
-        last_hash: meta
-            .snapshot
-            .as_ref()
-            .filter(|s| s.seq == meta.compacted_through)
-            .map_or(EntryHash::GENESIS, |s| s.entry_hash),
+        last_hash: meta.compacted_hash,
         meta,
         tombstoned: false,
         broken: None,
@@ -279,6 +278,7 @@ impl EventLog for Log {
             epoch,
             snapshot: None,
             compacted_through: Seq(0),
+            compacted_hash: EntryHash::GENESIS,
         };
         let mut b = WriteBatch::default();
         b.put(
@@ -683,6 +683,11 @@ impl EventLog for Log {
             let to = Seq((from.get() + CHUNK - 1).min(snap.seq.get()));
             let mut meta = st.meta.clone();
             meta.compacted_through = to;
+            meta.compacted_hash = if to == snap.seq {
+                snap.entry_hash
+            } else {
+                self.hash_before(doc, &st, to.next())?
+            };
             let mut batch = WriteBatch::default();
             for s in from.get()..=to.get() {
                 batch.delete(keys::entry(doc, Seq(s)));
@@ -694,6 +699,10 @@ impl EventLog for Log {
             self.kv.apply(batch)?;
             st.meta = meta;
             dropped += to.get() - from.get() + 1;
+        }
+        // Compaction is rare and its caller expects it done: make it durable before returning.
+        if dropped > 0 {
+            self.committer.flush_now()?;
         }
         Ok(dropped)
     }
