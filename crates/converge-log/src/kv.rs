@@ -33,6 +33,10 @@ impl WriteBatch {
     pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    pub(crate) fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
 }
 
 /// An ordered byte store with atomic batches and an explicit flush.
@@ -219,6 +223,9 @@ impl Kv for MemStorage {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Pair>, LogError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
         let map = read(&self.inner.live);
         let r = map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
         let pairs = |it: &mut dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>| {

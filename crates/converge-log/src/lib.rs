@@ -48,6 +48,7 @@ mod event_log;
 mod keys;
 mod kv;
 mod log;
+mod staged;
 
 pub use codec::FORMAT_VERSION;
 pub use commit::{Durability, Durable};

@@ -20,6 +20,10 @@ use crate::event_log::{
 };
 use crate::keys;
 use crate::kv::{Kv, MemStorage, SledKv, WriteBatch};
+use crate::staged::Staged;
+
+/// Staged writes are drained into sled at the latest when they reach this many bytes.
+const STAGE_BYTES: usize = 8 << 20;
 
 /// How a log behaves. `LogConfig::default()` is what `converge serve` uses.
 #[derive(Debug, Clone)]
@@ -92,13 +96,16 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Log {
     /// Opens (or creates) a log in `dir` on sled.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
-        let kv = SledKv::open(dir.as_ref())?;
+        let kv = Staged::new(SledKv::open(dir.as_ref())?, STAGE_BYTES);
         Self::open_on(Arc::new(kv), config, "sled")
     }
 
     /// Opens a log on memory. Opening again on the same storage is a reboot.
     pub fn open_in_memory(storage: &MemStorage, config: LogConfig) -> Result<Self, LogError> {
-        Self::open_on(Arc::new(storage.clone()), config, "memory")
+        // Staged like sled, with a small table so drains also happen between flushes: the
+        // memory log exercises the same read-through-staging paths the sled log runs.
+        let kv = Staged::new(storage.clone(), 64 << 10);
+        Self::open_on(Arc::new(kv), config, "memory")
     }
 
     fn open_on(kv: Arc<dyn Kv>, config: LogConfig, backend: &'static str) -> Result<Self, LogError> {
@@ -481,14 +488,27 @@ impl EventLog for Log {
         let mut prev = prev;
         let mut expected = from;
         let mut out = Vec::new();
+        let missing = |seq: Seq| -> LogError {
+            // A compaction may have run since the bounds were taken: say so rather than
+            // reporting the entries it dropped as missing.
+            let compacted = guard(&state).meta.compacted_through;
+            if seq <= compacted {
+                LogError::Compacted {
+                    doc: *doc,
+                    compacted_through: compacted,
+                }
+            } else {
+                LogError::Corrupt {
+                    doc: *doc,
+                    seq,
+                    reason: "entry is missing".into(),
+                }
+            }
+        };
         for (key, value) in self.kv.range(&start, &end, false, limit)? {
             let seq = keys::seq_of(&key).unwrap_or_default();
             if seq != expected {
-                return Err(LogError::Corrupt {
-                    doc: *doc,
-                    seq: expected,
-                    reason: "entry is missing".into(),
-                });
+                return Err(missing(expected));
             }
             let entry = Entry::open(doc, seq, &value)?;
             if entry.prev != prev {
@@ -503,11 +523,7 @@ impl EventLog for Log {
             out.push(entry);
         }
         if out.len() < limit && expected <= last {
-            return Err(LogError::Corrupt {
-                doc: *doc,
-                seq: expected,
-                reason: "entry is missing".into(),
-            });
+            return Err(missing(expected));
         }
         Ok(out)
     }

@@ -1,0 +1,110 @@
+//! Durable (fsync) appends: 64 concurrent appenders sharing flushes (group commit), one
+//! appender alone, and the reference: a raw sled loop of apply_batch(256) + flush.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use converge_benches::sized_changes;
+use converge_log::{Author, EntryKind, EventLog, Log, LogConfig, NewEntry};
+use converge_proto::{DocId, Epoch, UserId};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const APPENDERS: usize = 64;
+const PER_APPENDER: usize = 200;
+const SINGLE: usize = 2_000;
+
+fn run_appenders(log: &Arc<Log>, changes: &Arc<Vec<Vec<u8>>>, appenders: usize, per: usize, round: u64) -> Duration {
+    let docs: Vec<DocId> = (0..appenders)
+        .map(|a| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&round.to_be_bytes());
+            id[8..16].copy_from_slice(&(a as u64).to_be_bytes());
+            let d = DocId::from_bytes(id);
+            let _ = log.create(d, Epoch(1)).unwrap();
+            d
+        })
+        .collect();
+    log.flush().unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for doc in &docs {
+            let log = log.clone();
+            let changes = changes.clone();
+            s.spawn(move || {
+                let author = Author::user(UserId::new("bench").unwrap());
+                for c in changes.iter().take(per) {
+                    let e = NewEntry { at_ms: 1, author: author.clone(), kind: EntryKind::Change(c.clone()) };
+                    log.append(doc, vec![e]).unwrap().durable.wait().unwrap();
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn durable(c: &mut Criterion) {
+    let changes = Arc::new(sized_changes(SINGLE, 128));
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+    let mut round = 0;
+
+    let mut g = c.benchmark_group("append_durable");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((APPENDERS * PER_APPENDER) as u64));
+    g.bench_function("converge_64_appenders", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round += 1;
+                    run_appenders(&log, &changes, APPENDERS, PER_APPENDER, round)
+                })
+                .sum()
+        })
+    });
+    g.throughput(Throughput::Elements(SINGLE as u64));
+    g.bench_function("converge_1_appender", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round += 1;
+                    run_appenders(&log, &changes, 1, SINGLE, round)
+                })
+                .sum()
+        })
+    });
+
+    let raw_dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(raw_dir.path()).flush_every_ms(None).open().unwrap();
+    let total = APPENDERS * PER_APPENDER;
+    g.throughput(Throughput::Elements(total as u64));
+    let mut raw_round = 0u64;
+    g.bench_function("raw_sled_batch256_flush", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                raw_round += 1;
+                let start = Instant::now();
+                for chunk in 0..total / 256 {
+                    let mut batch = sled::Batch::default();
+                    for i in 0..256 {
+                        let n = chunk * 256 + i;
+                        let mut key = [0u8; 25];
+                        key[0] = b'E';
+                        key[1..9].copy_from_slice(&raw_round.to_be_bytes());
+                        key[17..25].copy_from_slice(&(n as u64).to_be_bytes());
+                        batch.insert(&key[..], changes[n % changes.len()].as_slice());
+                    }
+                    db.apply_batch(batch).unwrap();
+                    db.flush().unwrap();
+                }
+                elapsed += start.elapsed();
+            }
+            elapsed
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, durable);
+criterion_main!(benches);

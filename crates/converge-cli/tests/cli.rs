@@ -1,0 +1,98 @@
+//! The converge binary end to end: import, replay, verify, inspect.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn converge(args: &[&str], data: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+const SCHEDULE: &str = r#"{"title":"Ward 3","timezone":"Europe/Paris",
+  "resources":{"bed-1":{"name":"Bed 1"}},
+  "events":{"e1":{"title":"Night","resource":"bed-1","start":0,"end":3600000,"attendees":["ann"],"notes":"bring charts"}}}"#;
+
+#[test]
+fn import_then_replay_verify_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("s.json");
+    std::fs::write(&file, SCHEDULE).unwrap();
+    let out = converge(&["import", file.to_str().unwrap(), "--kind", "schedule"], &data);
+    assert!(out.status.success(), "{out:?}");
+    let id = stdout(&out).lines().last().unwrap().to_string();
+    assert!(id.parse::<converge_proto::DocId>().is_ok(), "last line is a DocId: {id}");
+
+    let out = converge(&["replay", &id], &data);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["events"]["e1"]["notes"], "bring charts");
+    assert_eq!(json["title"], "Ward 3");
+    let out = converge(&["replay", &format!("automerge:{id}"), "--at", "1"], &data);
+    assert!(out.status.success(), "{out:?}");
+
+    let out = converge(&["verify"], &data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("1 documents"));
+
+    let out = converge(&["inspect"], &data);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains(&id));
+}
+
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("bad.json");
+    for bad in ["{not json", r#"{"title":"x","timezone":"UTC","events":{"e":{"title":"t","resource":"r","start":9,"end":1}}}"#] {
+        std::fs::write(&file, bad).unwrap();
+        let out = converge(&["import", file.to_str().unwrap(), "--kind", "schedule"], &data);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid schedule JSON"));
+        assert!(!data.exists(), "nothing written");
+    }
+    let out = converge(&["import", file.to_str().unwrap(), "--kind", "calendar"], &data);
+    assert!(!out.status.success());
+    let out = converge(&["replay", "not-an-id"], &data);
+    assert!(!out.status.success());
+    let out = converge(&["verify"], &data);
+    assert!(!out.status.success(), "no log there");
+    assert!(!data.exists(), "read-only commands create nothing");
+}
+
+#[test]
+fn verify_names_a_tampered_entry_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("s.json");
+    std::fs::write(&file, SCHEDULE).unwrap();
+    let out = converge(&["import", file.to_str().unwrap(), "--kind", "schedule"], &data);
+    let id = stdout(&out).lines().last().unwrap().to_string();
+    let doc: converge_proto::DocId = id.parse().unwrap();
+    let mut key = vec![b'E'];
+    key.extend_from_slice(doc.as_bytes());
+    key.extend_from_slice(&1u64.to_be_bytes());
+    {
+        let db = sled::open(&data).unwrap();
+        let mut v = db.get(&key).unwrap().unwrap().to_vec();
+        v[10] ^= 1;
+        db.insert(&key, v).unwrap();
+        db.flush().unwrap();
+    }
+    let out = converge(&["verify"], &data);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains(&format!("document {id} seq 1")), "{}", stdout(&out));
+    let out = converge(&["replay", &id], &data);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("document {id} seq 1")));
+}
