@@ -36,6 +36,9 @@ type Waiter = oneshot::Sender<Result<(), LogError>>;
 struct State {
     waiters: Vec<Waiter>,
     closed: bool,
+    /// The flusher is parked on the condvar. While it is busy flushing it looks at the
+    /// waiters again before parking, so appends skip the wake-up syscall.
+    idle: bool,
 }
 
 struct Shared {
@@ -84,8 +87,11 @@ impl Committer {
                     return Durable::failed(LogError::Closed);
                 }
                 st.waiters.push(tx);
+                let idle = st.idle;
                 drop(st);
-                self.shared.wake.notify_one();
+                if idle {
+                    self.shared.wake.notify_one();
+                }
                 Durable(Inner::Waiting(rx))
             }
         }
@@ -121,8 +127,10 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
             match durability {
                 Durability::Fsync => {
                     while st.waiters.is_empty() && !st.closed {
+                        st.idle = true;
                         st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                     }
+                    st.idle = false;
                 }
                 Durability::Buffered { every } => {
                     if !st.closed {

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::{AutoCommit, Automerge, Change};
@@ -52,6 +52,13 @@ pub struct StoreConfig {
     pub memory_factor: u64,
     /// Entries read from the log per page while catching up.
     pub page: usize,
+    /// Local changes are appended to the log every this many changes (1: each change at
+    /// once, the default). An editor streaming keystrokes can raise it: each edit stays its
+    /// own change and its own log entry, but extracting and appending them in groups costs
+    /// far less. Held-back changes are not in the log (so not durable, not acknowledged)
+    /// until the group fills or [`DocStore::flush_local`] runs (snapshots and eviction run it
+    /// first; reads see them, since they are in the document).
+    pub local_batch: usize,
 }
 
 impl Default for StoreConfig {
@@ -60,6 +67,7 @@ impl Default for StoreConfig {
             memory_budget_bytes: 512 << 20,
             memory_factor: 8,
             page: 16_384,
+            local_batch: 1,
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct DocStore {
     config: StoreConfig,
     slots: Mutex<HashMap<DocId, Arc<Mutex<Slot>>>>,
     clock: AtomicU64,
+    /// Set when a document is loaded, so the next operation checks the memory budget.
+    loads: AtomicBool,
     /// Changes that could not be applied, per document (seq, reason); kept for operators.
     quarantine: Mutex<HashMap<DocId, Vec<(Seq, String)>>>,
 }
@@ -111,6 +121,12 @@ struct Loaded {
     applied_through: Seq,
     /// Encoded bytes the document was built from, for the memory estimate.
     encoded_bytes: u64,
+    /// Local changes committed in `doc` but not yet appended (see `StoreConfig::local_batch`).
+    unlogged: usize,
+    /// Who made them, and when: they are logged under the latest change's author and time.
+    unlogged_by: Option<(Author, u64)>,
+    /// `doc`'s heads when its local changes were last logged.
+    logged_heads: Vec<automerge::ChangeHash>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +140,7 @@ impl DocStore {
             config,
             slots: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
+            loads: AtomicBool::new(false),
             quarantine: Mutex::new(HashMap::new()),
         }
     }
@@ -178,16 +195,20 @@ impl DocStore {
         self.install(
             id,
             Loaded {
+                logged_heads: doc.get_heads(),
                 doc,
                 applied_through: last,
                 encoded_bytes,
+                unlogged: 0,
+                unlogged_by: None,
             },
         );
         Ok((id, durable.unwrap_or_else(Durable::ready)))
     }
 
     /// Makes a local change: `f` edits the (caught-up) document; if it changed anything, the
-    /// change is appended to the log. Returns `f`'s result and the append (None if no change).
+    /// change is appended to the log. Returns `f`'s result and the append: None if nothing
+    /// changed, or if the change is held back by [`StoreConfig::local_batch`].
     pub fn change<R, F>(
         &self,
         id: &DocId,
@@ -208,40 +229,79 @@ impl DocStore {
         let r = f(&mut loaded.doc);
         // Commit explicitly so the change is closed before its bytes are taken.
         loaded.doc.commit();
-        let after = loaded.doc.get_heads();
-        if before == after {
+        if loaded.doc.get_heads() == before {
             return Ok((r, None));
         }
-        let bytes: Vec<Vec<u8>> = loaded
-            .doc
-            .get_changes(&before)
-            .iter()
-            .map(|c| c.raw_bytes().to_vec())
-            .collect();
-        let appended = match self.append_changes(id, author, at_ms, bytes) {
+        loaded.unlogged += 1;
+        loaded.unlogged_by = Some((author.clone(), at_ms));
+        let appended = if loaded.unlogged >= self.config.local_batch {
+            self.log_local(id, &mut slot)?
+        } else {
+            None
+        };
+        drop(slot);
+        self.maybe_evict(id);
+        Ok((r, appended))
+    }
+
+    /// Appends the local changes that [`StoreConfig::local_batch`] held back (see there).
+    /// Returns the append, or None if there was nothing to log.
+    pub fn flush_local(&self, id: &DocId) -> Result<Option<Appended>, StoreError> {
+        let slot = self.slot(id);
+        let mut slot = lock(&slot);
+        self.log_local(id, &mut slot)
+    }
+
+    /// Logs every local change the loaded document holds that the log does not, in one append.
+    fn log_local(&self, id: &DocId, slot: &mut Slot) -> Result<Option<Appended>, StoreError> {
+        let Some(loaded) = slot.loaded.as_mut() else {
+            return Ok(None);
+        };
+        let Some((author, at_ms)) = loaded.unlogged_by.take() else {
+            return Ok(None);
+        };
+        let own = loaded.doc.get_actor().clone();
+        // One change on top of what was logged (the common case): take it directly instead of
+        // asking automerge for everything since the logged heads.
+        let last = loaded.doc.get_last_local_change();
+        let changes: Vec<Change> = match last {
+            Some(c)
+                if loaded.unlogged == 1 && sorted(c.deps()) == sorted(&loaded.logged_heads) =>
+            {
+                vec![c]
+            }
+            _ => loaded
+                .doc
+                .get_changes(&loaded.logged_heads)
+                .into_iter()
+                .filter(|c| *c.actor_id() == own)
+                .collect(),
+        };
+        loaded.unlogged = 0;
+        loaded.logged_heads = loaded.doc.get_heads();
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let appended = match self.log.append_changes(id, &author, at_ms, &changes) {
             Ok(a) => a,
             Err(e) => {
-                // The in-memory document now holds a change the log refused: drop it, so the
+                // The in-memory document now holds changes the log refused: drop it, so the
                 // next read rebuilds the document from the log alone.
                 slot.loaded = None;
-                return Err(e);
+                return Err(e.into());
             }
         };
-        if let Some(loaded) = slot.loaded.as_mut() {
-            loaded.encoded_bytes += appended_bytes(&appended);
-            let first = appended.results.first().map(|r| r.seq());
-            if first == Some(loaded.applied_through.next()) {
-                loaded.applied_through = appended
-                    .results
-                    .iter()
-                    .map(|r| r.seq())
-                    .max()
-                    .unwrap_or(loaded.applied_through);
-            }
+        loaded.encoded_bytes += changes.iter().map(|c| c.raw_bytes().len() as u64).sum::<u64>();
+        let first = appended.results.first().map(|r| r.seq());
+        if first == Some(loaded.applied_through.next()) {
+            loaded.applied_through = appended
+                .results
+                .iter()
+                .map(|r| r.seq())
+                .max()
+                .unwrap_or(loaded.applied_through);
         }
-        drop(slot);
-        self.evict_over_budget(Some(id));
-        Ok((r, Some(appended)))
+        Ok(Some(appended))
     }
 
     /// Takes changes from elsewhere: they are appended to the log (duplicates are no-ops) and
@@ -269,7 +329,7 @@ impl DocStore {
             None => return Err(StoreError::Log(LogError::UnknownDoc(*id))),
         };
         drop(slot);
-        self.evict_over_budget(Some(id));
+        self.maybe_evict(id);
         Ok(r)
     }
 
@@ -301,6 +361,10 @@ impl DocStore {
     pub fn snapshot(&self, id: &DocId) -> Result<bool, StoreError> {
         let slot = self.slot(id);
         let mut slot = lock(&slot);
+        // The snapshot must cover exactly the log up to its seq: log held-back changes first.
+        if let Some(appended) = self.log_local(id, &mut slot)? {
+            appended.durable.wait()?;
+        }
         self.catch_up(id, &mut slot)?;
         let Some(loaded) = slot.loaded.as_mut() else {
             return Ok(false);
@@ -322,10 +386,15 @@ impl DocStore {
     }
 
     /// Drops a document from memory; the next access reloads it from the log.
+    /// Held-back local changes are logged first; if that fails the document stays loaded.
     pub fn evict(&self, id: &DocId) {
         let slot = lock(&self.slots).get(id).cloned();
         if let Some(slot) = slot {
-            lock(&slot).loaded = None;
+            let mut slot = lock(&slot);
+            match self.log_local(id, &mut slot) {
+                Ok(_) => slot.loaded = None,
+                Err(e) => tracing::error!(doc = %id, error = %e, "not evicted: local changes could not be logged"),
+            }
         }
     }
 
@@ -404,7 +473,20 @@ impl DocStore {
     /// Brings the slot's document up to the log's head: loads it if absent (snapshot + tail),
     /// else applies every pending change in one call.
     fn catch_up(&self, id: &DocId, slot: &mut Slot) -> Result<(), StoreError> {
-        let head = self.log.head(id)?;
+        let mut head = self.log.head(id)?;
+        let Some(loaded) = slot.loaded.as_mut() else {
+            slot.loaded = Some(self.build(id, head.last_seq)?);
+            return Ok(());
+        };
+        if loaded.applied_through >= head.last_seq {
+            return Ok(());
+        }
+        if loaded.unlogged > 0 {
+            // A failed apply below rebuilds the document from the log: log local changes
+            // first so a rebuild cannot lose them.
+            self.log_local(id, slot)?;
+            head = self.log.head(id)?;
+        }
         let Some(loaded) = slot.loaded.as_mut() else {
             slot.loaded = Some(self.build(id, head.last_seq)?);
             return Ok(());
@@ -467,10 +549,14 @@ impl DocStore {
         if self.apply_all(id, &mut doc, &changes).is_err() {
             doc = self.apply_one_by_one(id, base()?, changes);
         }
+        self.loads.store(true, Ordering::Relaxed);
         Ok(Loaded {
+            logged_heads: doc.get_heads(),
             doc,
             applied_through: upto,
             encoded_bytes,
+            unlogged: 0,
+            unlogged_by: None,
         })
     }
 
@@ -535,6 +621,19 @@ impl DocStore {
         doc
     }
 
+    /// Checks the memory budget now and then rather than on every operation: the check walks
+    /// every slot, and a document only grows by small steps between loads.
+    fn maybe_evict(&self, id: &DocId) {
+        if self.clock.load(Ordering::Relaxed) % 64 == 0 || self.loaded_count_changed() {
+            self.evict_over_budget(Some(id));
+        }
+    }
+
+    /// Whether a document was loaded or dropped since the last budget check.
+    fn loaded_count_changed(&self) -> bool {
+        self.loads.swap(false, Ordering::Relaxed)
+    }
+
     fn evict_over_budget(&self, keep: Option<&DocId>) {
         loop {
             if self.memory_estimate() <= self.config.memory_budget_bytes {
@@ -560,7 +659,30 @@ impl DocStore {
     }
 }
 
-fn appended_bytes(appended: &Appended) -> u64 {
-    // The memory estimate only needs an order of magnitude: a local change is ~100 bytes.
-    128 * appended.results.len() as u64
+fn sorted(hashes: &[automerge::ChangeHash]) -> Vec<automerge::ChangeHash> {
+    let mut v = hashes.to_vec();
+    v.sort_unstable();
+    v
+}
+
+impl Drop for DocStore {
+    /// Logs held-back local changes (best effort: a failure is reported, not raised).
+    fn drop(&mut self) {
+        let slots: Vec<(DocId, Arc<Mutex<Slot>>)> = lock(&self.slots)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (id, slot) in slots {
+            let mut slot = lock(&slot);
+            match self.log_local(&id, &mut slot) {
+                Ok(Some(appended)) => {
+                    if let Err(e) = appended.durable.wait() {
+                        tracing::error!(doc = %id, error = %e, "local changes not flushed on close");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(doc = %id, error = %e, "local changes not logged on close"),
+            }
+        }
+    }
 }

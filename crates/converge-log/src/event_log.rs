@@ -4,7 +4,7 @@ use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationI
 use serde::{Deserialize, Serialize};
 
 use crate::commit::Durable;
-use crate::entry::{Entry, EntryHash, NewEntry};
+use crate::entry::{Author, Entry, EntryHash, NewEntry};
 use crate::error::LogError;
 
 /// Where a document's stream stands.
@@ -94,6 +94,17 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// already logged (earlier, or earlier in the same batch) is a duplicate: nothing is written
     /// for it and its existing seq is returned.
     fn append(&self, doc: &DocId, entries: Vec<NewEntry>) -> Result<Appended, LogError>;
+
+    /// Appends automerge changes the caller already holds decoded (a local writer's own
+    /// changes), as `Change` entries with the same rules as [`EventLog::append`], without
+    /// decoding their bytes again.
+    fn append_changes(
+        &self,
+        doc: &DocId,
+        author: &Author,
+        at_ms: u64,
+        changes: &[automerge::Change],
+    ) -> Result<Appended, LogError>;
 
     /// Up to `limit` entries with seq >= `from`, in order, each checked against the hash chain.
     fn read(&self, doc: &DocId, from: Seq, limit: usize) -> Result<Vec<Entry>, LogError>;

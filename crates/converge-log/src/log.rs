@@ -12,7 +12,7 @@ use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationI
 
 use crate::codec::{self, FORMAT_VERSION};
 use crate::commit::{Committer, Durability, Durable};
-use crate::entry::{Entry, EntryHash, EntryKind, LockEvent, NewEntry};
+use crate::entry::{Author, Entry, EntryHash, EntryKind, LockEvent, NewEntry};
 use crate::error::LogError;
 use crate::event_log::{
     ActorRecord, AppendResult, Appended, DocHead, DocMeta, DocStats, EventLog, Snapshot,
@@ -78,7 +78,18 @@ struct DocState {
     broken: Option<LogError>,
     /// Change bytes and entries since the last snapshot; computed on first need.
     since_snapshot: Option<(u64, u64)>,
+    /// The actor index of this document, read from the store on first need and kept in step
+    /// with every append (the store stays the source of truth; this saves a lookup per change).
+    actors: Option<HashMap<Vec<u8>, ActorRecord>>,
+    /// Change hash -> seq, built from the hash blocks on first need and kept in step after.
+    hashes: Option<HashMap<ChangeHash, Seq>>,
+    /// The hash block holding `last_seq`, read on first append and kept in step after.
+    tail_block: Option<Vec<u8>>,
 }
+
+/// Entries per hash block (see `keys::hash_block`).
+const BLOCK: u64 = 256;
+const NO_CHANGE: [u8; 32] = [0; 32];
 
 impl fmt::Debug for Log {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,6 +183,84 @@ impl Log {
         Ok(Entry::open(doc, before, &stored)?.hash)
     }
 
+    /// The document's actor index, loaded on first need.
+    fn actors<'s>(
+        &self,
+        doc: &DocId,
+        st: &'s mut DocState,
+    ) -> Result<&'s mut HashMap<Vec<u8>, ActorRecord>, LogError> {
+        if st.actors.is_none() {
+            let prefix = keys::doc_key(keys::ACTOR, doc);
+            let mut map = HashMap::new();
+            for (key, value) in self
+                .kv
+                .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+            {
+                let record: ActorRecord =
+                    codec::decode(&value).map_err(|reason| LogError::CorruptRecord {
+                        record: format!("actor index of {doc}"),
+                        reason,
+                    })?;
+                map.insert(key[prefix.len()..].to_vec(), record);
+            }
+            st.actors = Some(map);
+        }
+        Ok(st.actors.get_or_insert_with(HashMap::new))
+    }
+
+    /// The document's change-hash index, built from its hash blocks on first need.
+    fn hashes<'s>(
+        &self,
+        doc: &DocId,
+        st: &'s mut DocState,
+    ) -> Result<&'s mut HashMap<ChangeHash, Seq>, LogError> {
+        if st.hashes.is_none() {
+            let prefix = keys::doc_key(keys::HASH, doc);
+            let mut map = HashMap::new();
+            for (key, value) in self
+                .kv
+                .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+            {
+                let block = keys::seq_of(&key).unwrap_or_default().get();
+                for (i, chunk) in value.chunks_exact(32).enumerate() {
+                    if chunk != NO_CHANGE {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(chunk);
+                        map.insert(ChangeHash(h), Seq(block * BLOCK + i as u64 + 1));
+                    }
+                }
+            }
+            st.hashes = Some(map);
+        }
+        Ok(st.hashes.get_or_insert_with(HashMap::new))
+    }
+
+    /// The hash block that holds `st.last_seq` (empty when the stream ends on a block edge).
+    fn tail_block(&self, doc: &DocId, st: &mut DocState) -> Result<Vec<u8>, LogError> {
+        if let Some(b) = &st.tail_block {
+            return Ok(b.clone());
+        }
+        let last = st.last_seq.get();
+        let used = if last == 0 { 0 } else { (last - 1) % BLOCK + 1 };
+        let block = if last == 0 || used == BLOCK {
+            Vec::new()
+        } else {
+            let b = self
+                .kv
+                .get(&keys::hash_block(doc, (last - 1) / BLOCK))?
+                .unwrap_or_default();
+            if b.len() as u64 != used * 32 {
+                return Err(LogError::CorruptRecord {
+                    record: format!("hash index of {doc} at seq {last}"),
+                    reason: format!("{} bytes where {} were expected", b.len(), used * 32),
+                });
+            }
+            b
+        };
+        st.tail_block = Some(block.clone());
+        Ok(block)
+    }
+
     fn since_snapshot(&self, doc: &DocId, st: &mut DocState) -> Result<(u64, u64), LogError> {
         if let Some(v) = st.since_snapshot {
             return Ok(v);
@@ -190,6 +279,184 @@ impl Log {
         }
         st.since_snapshot = Some((bytes, entries));
         Ok((bytes, entries))
+    }
+
+    /// Appends entries whose changes were already checked and decoded (`infos` holds, for each
+    /// entry, the decoded change when it is one).
+    fn append_checked(
+        &self,
+        doc: &DocId,
+        entries: Vec<NewEntry>,
+        infos: Vec<Option<ChangeInfo>>,
+    ) -> Result<Appended, LogError> {
+        if entries.is_empty() {
+            return Err(LogError::Invalid("empty batch".into()));
+        }
+        if entries.len() > MAX_BATCH_ENTRIES {
+            return Err(LogError::TooLarge {
+                what: "batch",
+                size: entries.len(),
+                limit: MAX_BATCH_ENTRIES,
+            });
+        }
+        let grants = entries
+            .iter()
+            .any(|e| matches!(&e.kind, EntryKind::Lock(l) if l.event == LockEvent::Granted));
+
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        if st.tombstoned {
+            return Err(LogError::Tombstoned(*doc));
+        }
+        // The fence lock is taken only by batches that grant, after the doc lock (one order).
+        let mut fence = if grants { Some(guard(&self.fence)) } else { None };
+        let mut next_token = fence.as_deref().copied().unwrap_or(0);
+
+        let mut batch = WriteBatch::default();
+        let mut results = Vec::with_capacity(entries.len());
+        let mut seq = st.last_seq;
+        let mut prev = st.last_hash;
+        let mut tombstoned = false;
+        let mut in_batch: HashMap<ChangeHash, Seq> = HashMap::new();
+        let mut actors: HashMap<Vec<u8>, ActorRecord> = HashMap::new();
+        let mut mutations: HashMap<ClientId, MutationId> = HashMap::new();
+        let mut change_bytes = 0u64;
+        let mut written = 0u64;
+        // Hash blocks touched by this batch, starting from the current tail block.
+        let first_block = st.last_seq.get() / BLOCK;
+        let mut blocks: Vec<Vec<u8>> = vec![self.tail_block(doc, &mut st)?];
+
+        for (mut new, info) in entries.into_iter().zip(infos) {
+            if tombstoned {
+                return Err(LogError::Tombstoned(*doc));
+            }
+            if let Some(info) = &info {
+                let record = match actors.get(&info.actor) {
+                    Some(r) => Some(r.clone()),
+                    None => self.actors(doc, &mut st)?.get(&info.actor).cloned(),
+                };
+                // Every logged change of an actor has a seq at most its record's
+                // max_change_seq, so only a change at or below it can be a duplicate: new
+                // changes skip the hash lookup.
+                let known = match in_batch.get(&info.hash) {
+                    Some(s) => Some(*s),
+                    None if record.as_ref().is_some_and(|r| r.max_change_seq >= info.seq) => {
+                        self.hashes(doc, &mut st)?.get(&info.hash).copied()
+                    }
+                    None => None,
+                };
+                if let Some(existing) = known {
+                    results.push(AppendResult::Duplicate(existing));
+                    continue;
+                }
+                if let Some(r) = &record {
+                    if r.owner != new.author.user {
+                        return Err(LogError::ActorOwnedByOther {
+                            hash: info.hash,
+                            owner: r.owner.clone(),
+                        });
+                    }
+                }
+                seq = seq.next();
+                let (max_change_seq, entry_seq) = match &record {
+                    Some(r) if r.max_change_seq >= info.seq => (r.max_change_seq, r.entry_seq),
+                    _ => (info.seq, seq),
+                };
+                actors.insert(
+                    info.actor.clone(),
+                    ActorRecord {
+                        owner: new.author.user.clone(),
+                        max_change_seq,
+                        entry_seq,
+                    },
+                );
+                in_batch.insert(info.hash, seq);
+                if let EntryKind::Change(c) = &new.kind {
+                    change_bytes += c.len() as u64;
+                }
+            } else {
+                seq = seq.next();
+            }
+            let mut result = AppendResult::Appended(seq);
+            match &mut new.kind {
+                EntryKind::Lock(l) if l.event == LockEvent::Granted => {
+                    next_token += 1;
+                    l.token = FencingToken(next_token);
+                    result = AppendResult::Granted(seq, l.token);
+                }
+                EntryKind::Mutation(m) => {
+                    let e = mutations.entry(m.client).or_insert(m.mutation_id);
+                    *e = (*e).max(m.mutation_id);
+                }
+                EntryKind::Tombstone => tombstoned = true,
+                _ => {}
+            }
+            let (bytes, hash) = Entry::seal(seq, st.meta.epoch, prev, &new)?;
+            batch.put(keys::entry(doc, seq), bytes);
+            let block_index = ((seq.get() - 1) / BLOCK - first_block) as usize;
+            if block_index == blocks.len() {
+                blocks.push(Vec::with_capacity(BLOCK as usize * 32));
+            }
+            if let Some(block) = blocks.get_mut(block_index) {
+                block.extend_from_slice(info.as_ref().map_or(&NO_CHANGE, |i| &i.hash.0));
+            }
+            prev = hash;
+            written += 1;
+            results.push(result);
+        }
+        for (i, block) in blocks.iter().enumerate() {
+            if !block.is_empty() {
+                batch.put(keys::hash_block(doc, first_block + i as u64), block.clone());
+            }
+        }
+        for (actor, record) in &actors {
+            batch.put(
+                keys::with_suffix(keys::ACTOR, doc, actor),
+                codec::encode(record).map_err(LogError::Invalid)?,
+            );
+        }
+        for (client, id) in mutations {
+            let current = self.last_mutation(doc, &client)?;
+            if current.is_none_or(|c| c < id) {
+                batch.put(keys::mutation(doc, &client), id.get().to_be_bytes().to_vec());
+            }
+        }
+        if let Some(f) = fence.as_deref() {
+            if next_token != *f {
+                batch.put(keys::FENCE.to_vec(), next_token.to_be_bytes().to_vec());
+            }
+        }
+        if !batch.is_empty() {
+            self.kv.apply(batch)?;
+        }
+        if let Some(f) = fence.as_deref_mut() {
+            *f = next_token;
+        }
+        drop(fence);
+        st.last_seq = seq;
+        st.last_hash = prev;
+        st.tombstoned |= tombstoned;
+        if let Some(cache) = st.actors.as_mut() {
+            cache.extend(actors);
+        }
+        if let Some(cache) = st.hashes.as_mut() {
+            cache.extend(in_batch);
+        }
+        st.tail_block = blocks.pop().filter(|b| b.len() < BLOCK as usize * 32);
+        if let Some((b, n)) = &mut st.since_snapshot {
+            *b += change_bytes;
+            *n += written;
+        }
+        drop(st);
+        // Always take a ticket, even when every entry was a duplicate: the original may have
+        // been applied by another task and not be flushed yet.
+        Ok(Appended {
+            results,
+            durable: self.committer.ticket(),
+        })
     }
 }
 
@@ -240,6 +507,9 @@ fn recover_doc(kv: &dyn Kv, doc: &DocId, meta: DocMeta) -> Result<DocState, LogE
         tombstoned: false,
         broken: None,
         since_snapshot: None,
+        actors: None,
+        hashes: None,
+        tail_block: None,
     };
     if let Some((key, value)) = last.into_iter().next() {
         let seq = keys::seq_of(&key).unwrap_or_default();
@@ -302,22 +572,15 @@ impl EventLog for Log {
                 tombstoned: false,
                 broken: None,
                 since_snapshot: Some((0, 0)),
+                actors: Some(HashMap::new()),
+                hashes: Some(HashMap::new()),
+                tail_block: Some(Vec::new()),
             })),
         );
         Ok(self.committer.ticket())
     }
 
     fn append(&self, doc: &DocId, entries: Vec<NewEntry>) -> Result<Appended, LogError> {
-        if entries.is_empty() {
-            return Err(LogError::Invalid("empty batch".into()));
-        }
-        if entries.len() > MAX_BATCH_ENTRIES {
-            return Err(LogError::TooLarge {
-                what: "batch",
-                size: entries.len(),
-                limit: MAX_BATCH_ENTRIES,
-            });
-        }
         // Check everything a peer controls before touching any state.
         let mut infos = Vec::with_capacity(entries.len());
         for e in &entries {
@@ -327,142 +590,34 @@ impl EventLog for Log {
                 _ => None,
             });
         }
-        let grants = entries
-            .iter()
-            .any(|e| matches!(&e.kind, EntryKind::Lock(l) if l.event == LockEvent::Granted));
-
-        let state = self.state(doc)?;
-        let mut st = guard(&state);
-        if let Some(e) = &st.broken {
-            return Err(e.clone());
-        }
-        if st.tombstoned {
-            return Err(LogError::Tombstoned(*doc));
-        }
-        // The fence lock is taken only by batches that grant, after the doc lock (one order).
-        let mut fence = if grants { Some(guard(&self.fence)) } else { None };
-        let mut next_token = fence.as_deref().copied().unwrap_or(0);
-
-        let mut batch = WriteBatch::default();
-        let mut results = Vec::with_capacity(entries.len());
-        let mut seq = st.last_seq;
-        let mut prev = st.last_hash;
-        let mut tombstoned = false;
-        let mut in_batch: HashMap<ChangeHash, Seq> = HashMap::new();
-        let mut actors: HashMap<Vec<u8>, ActorRecord> = HashMap::new();
-        let mut mutations: HashMap<ClientId, MutationId> = HashMap::new();
-        let mut change_bytes = 0u64;
-        let mut written = 0u64;
-
-        for (mut new, info) in entries.into_iter().zip(infos) {
-            if tombstoned {
-                return Err(LogError::Tombstoned(*doc));
-            }
-            if let Some(info) = &info {
-                let known = match in_batch.get(&info.hash) {
-                    Some(s) => Some(*s),
-                    None => self.change_seq(doc, &info.hash)?,
-                };
-                if let Some(existing) = known {
-                    results.push(AppendResult::Duplicate(existing));
-                    continue;
-                }
-                let record = match actors.get(&info.actor) {
-                    Some(r) => Some(r.clone()),
-                    None => self.actor(doc, &info.actor)?,
-                };
-                if let Some(r) = &record {
-                    if r.owner != new.author.user {
-                        return Err(LogError::ActorOwnedByOther {
-                            hash: info.hash,
-                            owner: r.owner.clone(),
-                        });
-                    }
-                }
-                seq = seq.next();
-                let (max_change_seq, entry_seq) = match &record {
-                    Some(r) if r.max_change_seq >= info.seq => (r.max_change_seq, r.entry_seq),
-                    _ => (info.seq, seq),
-                };
-                actors.insert(
-                    info.actor.clone(),
-                    ActorRecord {
-                        owner: new.author.user.clone(),
-                        max_change_seq,
-                        entry_seq,
-                    },
-                );
-                in_batch.insert(info.hash, seq);
-                batch.put(
-                    keys::with_suffix(keys::HASH, doc, &info.hash.0),
-                    seq.get().to_be_bytes().to_vec(),
-                );
-                if let EntryKind::Change(c) = &new.kind {
-                    change_bytes += c.len() as u64;
-                }
-            } else {
-                seq = seq.next();
-            }
-            let mut result = AppendResult::Appended(seq);
-            match &mut new.kind {
-                EntryKind::Lock(l) if l.event == LockEvent::Granted => {
-                    next_token += 1;
-                    l.token = FencingToken(next_token);
-                    result = AppendResult::Granted(seq, l.token);
-                }
-                EntryKind::Mutation(m) => {
-                    let e = mutations.entry(m.client).or_insert(m.mutation_id);
-                    *e = (*e).max(m.mutation_id);
-                }
-                EntryKind::Tombstone => tombstoned = true,
-                _ => {}
-            }
-            let (bytes, hash) = Entry::seal(seq, st.meta.epoch, prev, &new)?;
-            batch.put(keys::entry(doc, seq), bytes);
-            prev = hash;
-            written += 1;
-            results.push(result);
-        }
-        for (actor, record) in actors {
-            batch.put(
-                keys::with_suffix(keys::ACTOR, doc, &actor),
-                codec::encode(&record).map_err(LogError::Invalid)?,
-            );
-        }
-        for (client, id) in mutations {
-            let current = self.last_mutation(doc, &client)?;
-            if current.is_none_or(|c| c < id) {
-                batch.put(keys::mutation(doc, &client), id.get().to_be_bytes().to_vec());
-            }
-        }
-        if let Some(f) = fence.as_deref() {
-            if next_token != *f {
-                batch.put(keys::FENCE.to_vec(), next_token.to_be_bytes().to_vec());
-            }
-        }
-        if !batch.is_empty() {
-            self.kv.apply(batch)?;
-        }
-        if let Some(f) = fence.as_deref_mut() {
-            *f = next_token;
-        }
-        drop(fence);
-        st.last_seq = seq;
-        st.last_hash = prev;
-        st.tombstoned |= tombstoned;
-        if let Some((b, n)) = &mut st.since_snapshot {
-            *b += change_bytes;
-            *n += written;
-        }
-        drop(st);
-        // Always take a ticket, even when every entry was a duplicate: the original may have
-        // been applied by another task and not be flushed yet.
-        Ok(Appended {
-            results,
-            durable: self.committer.ticket(),
-        })
+        self.append_checked(doc, entries, infos)
     }
 
+    fn append_changes(
+        &self,
+        doc: &DocId,
+        author: &Author,
+        at_ms: u64,
+        changes: &[automerge::Change],
+    ) -> Result<Appended, LogError> {
+        let mut entries = Vec::with_capacity(changes.len());
+        let mut infos = Vec::with_capacity(changes.len());
+        for c in changes {
+            let kind = EntryKind::Change(c.raw_bytes().to_vec());
+            kind.check_limits()?;
+            entries.push(NewEntry {
+                at_ms,
+                author: author.clone(),
+                kind,
+            });
+            infos.push(Some(ChangeInfo {
+                hash: ChangeHash(c.hash().0),
+                actor: c.actor_id().to_bytes().to_vec(),
+                seq: c.seq(),
+            }));
+        }
+        self.append_checked(doc, entries, infos)
+    }
     fn read(&self, doc: &DocId, from: Seq, limit: usize) -> Result<Vec<Entry>, LogError> {
         let state = self.state(doc)?;
         let (prev, last) = {
@@ -549,29 +704,15 @@ impl EventLog for Log {
     }
 
     fn change_seq(&self, doc: &DocId, hash: &ChangeHash) -> Result<Option<Seq>, LogError> {
-        let key = keys::with_suffix(keys::HASH, doc, &hash.0);
-        match self.kv.get(&key)? {
-            None => Ok(None),
-            Some(v) => u64_from(&v)
-                .map(|s| Some(Seq(s)))
-                .ok_or_else(|| LogError::CorruptRecord {
-                    record: format!("hash index of {doc}"),
-                    reason: "not 8 bytes".into(),
-                }),
-        }
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        Ok(self.hashes(doc, &mut st)?.get(hash).copied())
     }
 
     fn actor(&self, doc: &DocId, actor: &[u8]) -> Result<Option<ActorRecord>, LogError> {
-        let key = keys::with_suffix(keys::ACTOR, doc, actor);
-        match self.kv.get(&key)? {
-            None => Ok(None),
-            Some(v) => codec::decode(&v)
-                .map(Some)
-                .map_err(|reason| LogError::CorruptRecord {
-                    record: format!("actor index of {doc}"),
-                    reason,
-                }),
-        }
+        let state = self.state(doc)?;
+        let mut st = guard(&state);
+        Ok(self.actors(doc, &mut st)?.get(actor).cloned())
     }
 
     fn last_mutation(

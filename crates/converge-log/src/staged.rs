@@ -161,8 +161,12 @@ impl<K: Kv> Kv for Staged<K> {
         let over = {
             let mut t = self.tables_mut();
             for (k, v) in batch.into_ops() {
-                t.active_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
-                t.active.insert(k, v);
+                let size = k.len() + v.as_ref().map_or(0, Vec::len);
+                // A rewritten key (a growing hash block) replaces its old bytes.
+                let key_len = k.len();
+                let old = t.active.insert(k, v);
+                let freed = old.map_or(0, |v| key_len + v.as_ref().map_or(0, Vec::len));
+                t.active_bytes = (t.active_bytes + size).saturating_sub(freed);
             }
             t.active_bytes > self.max_bytes
         };

@@ -149,3 +149,39 @@ async fn async_callers_run_store_work_on_blocking_threads() {
     let t = store.blocking(move |s| title(s, &id)).await.unwrap();
     assert_eq!(t.as_deref(), Some("async"));
 }
+
+#[test]
+fn held_back_local_changes_are_logged_in_groups_and_on_demand() {
+    let backend = Backend::sled();
+    let config = StoreConfig { local_batch: 4, ..StoreConfig::default() };
+    let store = DocStore::new(backend.open(LogConfig::default()), config);
+    let me = user("alice");
+    let (id, _) = store.create(&me, 1, |d| d.put(ROOT, "n", 0)).unwrap();
+    let mut appended = Vec::new();
+    for i in 1..=10 {
+        let (_, a) = store.change(&id, &me, 2, |d| d.put(ROOT, "n", i).unwrap()).unwrap();
+        appended.extend(a);
+    }
+    assert_eq!(appended.len(), 2, "two full groups of four");
+    assert_eq!(appended[0].results.len(), 4);
+    assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(9));
+    // Reads see held-back changes; the log gets them on demand, one entry per change.
+    let n = store.read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64()).unwrap();
+    assert_eq!(n, Some(10));
+    let rest = store.flush_local(&id).unwrap().unwrap();
+    assert_eq!(rest.results.len(), 2);
+    rest.durable.wait().unwrap();
+    assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(11));
+    assert!(store.flush_local(&id).unwrap().is_none());
+    // Remote changes arriving in between do not get logged twice.
+    let mut remote = Writer::new(8);
+    remote.doc.load_incremental(&store.read(&id, |d| d.save()).unwrap()).unwrap();
+    store.apply_remote(&id, &user("bob"), 3, vec![remote.put("r", 1)]).unwrap();
+    store.change(&id, &me, 4, |d| d.put(ROOT, "n", 11).unwrap()).unwrap();
+    drop(store); // logs the held-back change
+    let log = backend.open(LogConfig::default());
+    assert_eq!(log.head(&id).unwrap().last_seq, Seq(13));
+    let store = DocStore::new(log, StoreConfig::default());
+    let n = store.read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64()).unwrap();
+    assert_eq!(n, Some(11));
+}
