@@ -7,8 +7,38 @@ use converge_benches::{apply_edit, load_trace, text_doc};
 use converge_log::{Author, Durability, EntryKind, EventLog, Log, LogConfig, NewEntry};
 use converge_proto::{DocId, Epoch, UserId};
 
+fn store_run(trace: &converge_benches::Trace, n: usize, batch: usize) {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT, ReadDoc};
+    use converge_log::{DocStore, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+    let store = DocStore::new(log, StoreConfig { local_batch: batch, ..StoreConfig::default() });
+    let me = Author::user(UserId::new("w").unwrap());
+    let t = Instant::now();
+    let (id, _) = store.create(&me, 0, |d| d.put_object(ROOT, "text", ObjType::Text).map(|_| ())).unwrap();
+    let text = store.read(&id, |d| d.get(ROOT, "text").unwrap().unwrap().1).unwrap();
+    let mut pending = Vec::new();
+    for txn in &trace.txns[..n] {
+        let (_, a) = store.change(&id, &me, 0, |d| {
+            let (pos, del, ins) = &txn.patches[0];
+            d.splice_text(&text, *pos, *del as isize, ins).unwrap();
+        }).unwrap();
+        pending.extend(a.map(|a| a.durable));
+    }
+    pending.extend(store.flush_local(&id).unwrap().map(|a| a.durable));
+    let edits = t.elapsed();
+    for d in pending { d.wait().unwrap(); }
+    println!("store batch {batch}: edits done {edits:?}, all durable {:?}", t.elapsed());
+}
+
 fn main() {
     let trace = load_trace();
+    if let Some(b) = std::env::var("STORE_BATCH").ok() {
+        let n: usize = std::env::args().nth(1).map_or(100_000, |s| s.parse().unwrap());
+        store_run(&trace, n, b.parse().unwrap());
+        return;
+    }
     let n: usize = std::env::args().nth(1).map_or(100_000, |s| s.parse().unwrap());
     let edits = &trace.txns[..n];
 
@@ -74,3 +104,6 @@ fn main() {
         println!("log append only ({name}): {appended:?} appending, {:?} until all durable", t.elapsed());
     }
 }
+
+#[allow(dead_code)]
+fn unused() {}

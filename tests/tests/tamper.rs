@@ -18,12 +18,14 @@ fn build(dir: &Path) {
     for d in [DOC, OTHER] {
         log.create(d, Epoch(1)).unwrap().wait().unwrap();
         let mut w = Writer::new(&[d.as_bytes()[0]; 16]);
-        let batch = (0..10).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
-        log.append(&d, batch).unwrap().durable.wait().unwrap();
+        // One append per change, so each entry is a page of its own under its seq's key.
+        for i in 0..10 {
+            log.append(&d, vec![change_entry(&user("a"), w.put("k", i))]).unwrap().durable.wait().unwrap();
+        }
     }
 }
 
-/// The sled key of an entry, as docs/log-format.md documents it.
+/// The sled key of the page that starts at `seq`, as docs/log-format.md documents it.
 fn entry_key(doc: &DocId, seq: u64) -> Vec<u8> {
     let mut k = vec![b'E'];
     k.extend_from_slice(doc.as_bytes());

@@ -48,6 +48,7 @@ mod event_log;
 mod keys;
 mod kv;
 mod log;
+mod page;
 mod staged;
 
 pub use codec::FORMAT_VERSION;

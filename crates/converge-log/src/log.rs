@@ -20,6 +20,7 @@ use crate::event_log::{
 };
 use crate::keys;
 use crate::kv::{Kv, MemStorage, SledKv, WriteBatch};
+use crate::page::{self, PageWriter};
 use crate::staged::Staged;
 
 /// Staged writes are drained into sled at the latest when they reach this many bytes.
@@ -175,12 +176,62 @@ impl Log {
                 return Ok(s.entry_hash);
             }
         }
-        let stored = self.kv.get(&keys::entry(doc, before))?.ok_or(LogError::Corrupt {
-            doc: *doc,
-            seq: before,
-            reason: "entry is missing".into(),
-        })?;
-        Ok(Entry::open(doc, before, &stored)?.hash)
+        let stored = self.stored_entries(doc, before, before, 1)?;
+        match stored.first() {
+            Some((seq, bytes)) if *seq == before => Ok(Entry::open(doc, before, bytes)?.hash),
+            _ => Err(LogError::Corrupt {
+                doc: *doc,
+                seq: before,
+                reason: "entry is missing".into(),
+            }),
+        }
+    }
+
+    /// The stored bytes of the entries with seqs in `from..=to`, at most `limit`, in order, as
+    /// found (callers check that the seqs are contiguous).
+    fn stored_entries(
+        &self,
+        doc: &DocId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, LogError> {
+        let mut out = Vec::new();
+        if from > to || limit == 0 {
+            return Ok(out);
+        }
+        const PAGES: usize = 64;
+        let prefix = keys::doc_key(keys::ENTRY, doc);
+        // The page holding `from` is the last one that starts at or before it.
+        let before = self.kv.range(&prefix, &keys::entry(doc, from.next()), true, 1)?;
+        let mut start = match before.into_iter().next() {
+            Some((key, _)) => key,
+            None => keys::entry(doc, from),
+        };
+        let end = keys::entry(doc, to.next());
+        loop {
+            let pages = self.kv.range(&start, &end, false, PAGES)?;
+            for (key, value) in &pages {
+                let first = keys::seq_of(key).unwrap_or_default();
+                for (seq, bytes) in page::split(doc, first, value)? {
+                    if seq < from {
+                        continue;
+                    }
+                    if seq > to || out.len() >= limit {
+                        return Ok(out);
+                    }
+                    out.push((seq, bytes.to_vec()));
+                }
+            }
+            match pages.last() {
+                Some((key, _)) if pages.len() == PAGES => {
+                    // The first key after `key`.
+                    start = key.clone();
+                    start.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// The document's actor index, loaded on first need.
@@ -268,11 +319,8 @@ impl Log {
         let from = st.meta.snapshot.as_ref().map_or(1, |s| s.seq.get() + 1);
         let mut bytes = 0;
         let mut entries = 0;
-        let start = keys::entry(doc, Seq(from));
-        let end = keys::prefix_end(&keys::doc_key(keys::ENTRY, doc));
-        for (key, value) in self.kv.range(&start, &end, false, usize::MAX)? {
-            let seq = keys::seq_of(&key).unwrap_or_default();
-            if let EntryKind::Change(c) = Entry::open(doc, seq, &value)?.kind {
+        for (seq, stored) in self.stored_entries(doc, Seq(from), st.last_seq, usize::MAX)? {
+            if let EntryKind::Change(c) = Entry::open(doc, seq, &stored)?.kind {
                 bytes += c.len() as u64;
             }
             entries += 1;
@@ -325,6 +373,7 @@ impl Log {
         let mut mutations: HashMap<ClientId, MutationId> = HashMap::new();
         let mut change_bytes = 0u64;
         let mut written = 0u64;
+        let mut pages = PageWriter::default();
         // Hash blocks touched by this batch, starting from the current tail block.
         let first_block = st.last_seq.get() / BLOCK;
         let mut blocks: Vec<Vec<u8>> = vec![self.tail_block(doc, &mut st)?];
@@ -395,7 +444,7 @@ impl Log {
                 _ => {}
             }
             let (bytes, hash) = Entry::seal(seq, st.meta.epoch, prev, &new)?;
-            batch.put(keys::entry(doc, seq), bytes);
+            pages.push(seq, &bytes);
             let block_index = ((seq.get() - 1) / BLOCK - first_block) as usize;
             if block_index == blocks.len() {
                 blocks.push(Vec::with_capacity(BLOCK as usize * 32));
@@ -406,6 +455,9 @@ impl Log {
             prev = hash;
             written += 1;
             results.push(result);
+        }
+        for (first, page) in pages.finish() {
+            batch.put(keys::entry(doc, first), page);
         }
         for (i, block) in blocks.iter().enumerate() {
             if !block.is_empty() {
@@ -512,15 +564,26 @@ fn recover_doc(kv: &dyn Kv, doc: &DocId, meta: DocMeta) -> Result<DocState, LogE
         tail_block: None,
     };
     if let Some((key, value)) = last.into_iter().next() {
-        let seq = keys::seq_of(&key).unwrap_or_default();
-        st.last_seq = seq;
-        match Entry::open(doc, seq, &value) {
+        let first = keys::seq_of(&key).unwrap_or_default();
+        let newest = page::split(doc, first, &value).and_then(|entries| {
+            let (seq, bytes) = entries.last().copied().ok_or(LogError::Corrupt {
+                doc: *doc,
+                seq: first,
+                reason: "empty page".into(),
+            })?;
+            st.last_seq = seq;
+            Entry::open(doc, seq, bytes)
+        });
+        if st.last_seq < first {
+            st.last_seq = first;
+        }
+        match newest {
             Ok(e) => {
                 st.last_hash = e.hash;
                 st.tombstoned = matches!(e.kind, EntryKind::Tombstone);
             }
             Err(e) => {
-                tracing::error!(%doc, %seq, error = %e, "document tail is damaged");
+                tracing::error!(%doc, seq = %st.last_seq, error = %e, "document tail is damaged");
                 st.broken = Some(e);
             }
         }
@@ -638,8 +701,6 @@ impl EventLog for Log {
             (self.hash_before(doc, &st, from)?, st.last_seq)
         };
         let from = from.max(Seq(1));
-        let start = keys::entry(doc, from);
-        let end = keys::entry(doc, last.next());
         let mut prev = prev;
         let mut expected = from;
         let mut out = Vec::new();
@@ -660,12 +721,11 @@ impl EventLog for Log {
                 }
             }
         };
-        for (key, value) in self.kv.range(&start, &end, false, limit)? {
-            let seq = keys::seq_of(&key).unwrap_or_default();
+        for (seq, stored) in self.stored_entries(doc, from, last, limit)? {
             if seq != expected {
                 return Err(missing(expected));
             }
-            let entry = Entry::open(doc, seq, &value)?;
+            let entry = Entry::open(doc, seq, &stored)?;
             if entry.prev != prev {
                 return Err(LogError::Corrupt {
                     doc: *doc,
@@ -832,30 +892,44 @@ impl EventLog for Log {
             return Ok(0);
         };
         let mut dropped = 0;
-        // Chunked so one compaction of a long history does not build one huge batch; each
-        // chunk moves `compacted_through` forward in the same batch that deletes its entries.
-        const CHUNK: u64 = 10_000;
-        while st.meta.compacted_through < snap.seq {
-            let from = st.meta.compacted_through.next();
-            let to = Seq((from.get() + CHUNK - 1).min(snap.seq.get()));
+        // Whole pages that end at or below the snapshot go; a page that straddles it stays.
+        // Chunked so a long history is not one huge batch; each chunk moves
+        // `compacted_through` forward in the same batch that deletes its pages.
+        const PAGES: usize = 256;
+        loop {
+            let start = keys::entry(doc, st.meta.compacted_through.next());
+            let pages = self
+                .kv
+                .range(&start, &keys::entry(doc, snap.seq.next()), false, PAGES)?;
             let mut meta = st.meta.clone();
-            meta.compacted_through = to;
-            meta.compacted_hash = if to == snap.seq {
-                snap.entry_hash
-            } else {
-                self.hash_before(doc, &st, to.next())?
-            };
             let mut batch = WriteBatch::default();
-            for s in from.get()..=to.get() {
-                batch.delete(keys::entry(doc, Seq(s)));
+            let mut done = pages.len() < PAGES;
+            for (key, value) in &pages {
+                let first = keys::seq_of(key).unwrap_or_default();
+                let entries = page::split(doc, first, value)?;
+                let Some((last, bytes)) = entries.last().copied() else {
+                    continue;
+                };
+                if last > snap.seq {
+                    done = true;
+                    break;
+                }
+                meta.compacted_through = last;
+                meta.compacted_hash = Entry::open(doc, last, bytes)?.hash;
+                batch.delete(key.clone());
+                dropped += entries.len() as u64;
             }
-            batch.put(
-                keys::doc_key(keys::META, doc),
-                codec::encode(&meta).map_err(LogError::Invalid)?,
-            );
-            self.kv.apply(batch)?;
-            st.meta = meta;
-            dropped += to.get() - from.get() + 1;
+            if meta != st.meta {
+                batch.put(
+                    keys::doc_key(keys::META, doc),
+                    codec::encode(&meta).map_err(LogError::Invalid)?,
+                );
+                self.kv.apply(batch)?;
+                st.meta = meta;
+            }
+            if done || pages.is_empty() {
+                break;
+            }
         }
         // Compaction is rare and its caller expects it done: make it durable before returning.
         if dropped > 0 {
@@ -875,16 +949,19 @@ impl EventLog for Log {
             .kv
             .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
         {
-            stats.entries += 1;
             stats.entry_bytes += (key.len() + value.len()) as u64;
-            let seq = keys::seq_of(&key).unwrap_or_default();
-            if let Ok(Entry {
-                kind: EntryKind::Change(c),
-                ..
-            }) = Entry::open(doc, seq, &value)
-            {
-                stats.changes += 1;
-                stats.change_bytes += c.len() as u64;
+            let first = keys::seq_of(&key).unwrap_or_default();
+            // Damaged pages count as bytes only; `verify` is what reports them.
+            for (seq, stored) in page::split(doc, first, &value).unwrap_or_default() {
+                stats.entries += 1;
+                if let Ok(Entry {
+                    kind: EntryKind::Change(c),
+                    ..
+                }) = Entry::open(doc, seq, stored)
+                {
+                    stats.changes += 1;
+                    stats.change_bytes += c.len() as u64;
+                }
             }
         }
         if let Some(seq) = head.snapshot_seq {

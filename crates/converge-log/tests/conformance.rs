@@ -42,6 +42,7 @@ conformance!(
     concurrent_appenders_share_flushes,
     buffered_mode_acknowledges_at_once,
     verify_counts_the_chain,
+    compaction_keeps_a_page_that_straddles_the_snapshot,
 );
 
 fn new_log(b: &Backend) -> Arc<converge_log::Log> {
@@ -305,8 +306,10 @@ fn snapshots_and_compaction(b: Backend) {
     let log = new_log(&b);
     let alice = user("alice");
     let mut w = Writer::new(1);
-    let batch = (0..10).map(|i| change_entry(&alice, w.put("k", i))).collect();
-    log.append(&DOC, batch).unwrap();
+    // One append per change: each is its own page, so compaction can drop exactly up to 6.
+    for i in 0..10 {
+        log.append(&DOC, vec![change_entry(&alice, w.put("k", i))]).unwrap();
+    }
     assert_eq!(log.snapshot(&DOC).unwrap(), None);
     assert!(matches!(
         log.put_snapshot(&DOC, Seq(11), vec![1]).unwrap_err(),
@@ -460,6 +463,22 @@ fn verify_counts_the_chain(b: Backend) {
     let batch = (0..30).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
     log.append(&DOC, batch).unwrap();
     assert_eq!(log.verify(&DOC).unwrap(), 30);
+}
+
+fn compaction_keeps_a_page_that_straddles_the_snapshot(b: Backend) {
+    let log = new_log(&b);
+    let mut w = Writer::new(1);
+    let first: Vec<_> = (0..4).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
+    let second: Vec<_> = (0..4).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
+    log.append(&DOC, first).unwrap();
+    log.append(&DOC, second).unwrap();
+    log.put_snapshot(&DOC, Seq(6), vec![1, 2, 3]).unwrap().wait().unwrap();
+    // Entries 1-4 were appended together and go together; 5-8 straddle the snapshot and stay.
+    assert_eq!(log.compact(&DOC).unwrap(), 4);
+    let head = log.head(&DOC).unwrap();
+    assert_eq!(head.compacted_through, Seq(4));
+    assert_eq!(log.read(&DOC, Seq(5), 10).unwrap().len(), 4);
+    assert_eq!(log.verify(&DOC).unwrap(), 4);
 }
 
 #[test]
