@@ -29,11 +29,11 @@ fn raw(trace: &Trace) -> Duration {
 }
 
 /// Runs the trace through a store; returns the time and the log for size measurements.
-fn through_store(trace: &Trace, dir: &std::path::Path) -> (Duration, Arc<Log>, converge_proto::DocId, u64) {
+fn through_store(trace: &Trace, dir: &std::path::Path, local_batch: usize) -> (Duration, Arc<Log>, converge_proto::DocId, u64) {
     let log = Arc::new(Log::open(dir, LogConfig::default()).unwrap());
     // An editor streaming keystrokes: each edit is its own change and its own log entry,
-    // handed to the log in groups of 64 (StoreConfig::local_batch).
-    let store = DocStore::new(log.clone(), StoreConfig { local_batch: 64, ..StoreConfig::default() });
+    // handed to the log in groups of `local_batch` (StoreConfig::local_batch).
+    let store = DocStore::new(log.clone(), StoreConfig { local_batch, ..StoreConfig::default() });
     let me = Author::user(UserId::new("writer").unwrap());
     let start = Instant::now();
     let (id, created) = store
@@ -76,7 +76,7 @@ fn trace_bench(c: &mut Criterion) {
         let raw_once = raw(&trace);
         eprintln!("automerge in memory, one run: {raw_once:.2?}");
         let dir = tempfile::tempdir().unwrap();
-        let (elapsed, log, id, logical) = through_store(&trace, dir.path());
+        let (elapsed, log, id, logical) = through_store(&trace, dir.path(), 64);
         log.flush().unwrap();
         let before = log.size_on_disk().unwrap();
         let store = DocStore::new(log.clone(), StoreConfig::default());
@@ -104,16 +104,18 @@ fn trace_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("editing_trace_260k");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(60));
-    g.bench_function("converge_store_durable_pipelined", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    let dir = tempfile::tempdir().unwrap();
-                    through_store(&trace, dir.path()).0
-                })
-                .sum()
-        })
-    });
+    for batch in [64, 256] {
+        g.bench_function(format!("converge_store_durable_pipelined_batch{batch}"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let dir = tempfile::tempdir().unwrap();
+                        through_store(&trace, dir.path(), batch).0
+                    })
+                    .sum()
+            })
+        });
+    }
     g.bench_function("automerge_in_memory", |b| b.iter_custom(|iters| (0..iters).map(|_| raw(&trace)).sum()));
     g.finish();
 }

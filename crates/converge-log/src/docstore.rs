@@ -233,7 +233,10 @@ impl DocStore {
             return Ok((r, None));
         }
         loaded.unlogged += 1;
-        loaded.unlogged_by = Some((author.clone(), at_ms));
+        match &mut loaded.unlogged_by {
+            Some((a, t)) if a == author => *t = at_ms,
+            other => *other = Some((author.clone(), at_ms)),
+        }
         let appended = if loaded.unlogged >= self.config.local_batch {
             self.log_local(id, &mut slot)?
         } else {
@@ -263,13 +266,13 @@ impl DocStore {
         let own = loaded.doc.get_actor().clone();
         // One change on top of what was logged (the common case): take it directly instead of
         // asking automerge for everything since the logged heads.
-        let last = loaded.doc.get_last_local_change();
+        let last = if loaded.unlogged == 1 {
+            loaded.doc.get_last_local_change()
+        } else {
+            None
+        };
         let changes: Vec<Change> = match last {
-            Some(c)
-                if loaded.unlogged == 1 && sorted(c.deps()) == sorted(&loaded.logged_heads) =>
-            {
-                vec![c]
-            }
+            Some(c) if sorted(c.deps()) == sorted(&loaded.logged_heads) => vec![c],
             _ => loaded
                 .doc
                 .get_changes(&loaded.logged_heads)

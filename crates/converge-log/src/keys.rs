@@ -29,7 +29,7 @@ pub(crate) fn entry(doc: &DocId, seq: Seq) -> Vec<u8> {
     with_suffix(ENTRY, doc, &seq.get().to_be_bytes())
 }
 
-/// A block of change hashes: 32 bytes per entry for the `BLOCK` entries from
+/// A block of change hashes: 32 bytes per entry for the 16 entries from
 /// `block * BLOCK + 1`, all zeros for entries that are not changes.
 pub(crate) fn hash_block(doc: &DocId, block: u64) -> Vec<u8> {
     with_suffix(HASH, doc, &block.to_be_bytes())

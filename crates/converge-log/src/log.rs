@@ -88,8 +88,9 @@ struct DocState {
     tail_block: Option<Vec<u8>>,
 }
 
-/// Entries per hash block (see `keys::hash_block`).
-const BLOCK: u64 = 256;
+/// Entries per hash block (see `keys::hash_block`). Small, because sled rewrites a whole value
+/// when a block grows: 16 hashes (512 bytes) bound what one single-entry append rewrites.
+const BLOCK: u64 = 16;
 const NO_CHANGE: [u8; 32] = [0; 32];
 
 impl fmt::Debug for Log {
