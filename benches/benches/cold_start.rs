@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use automerge::AutoCommit;
 use converge_benches::{load_trace, trace_changes};
-use converge_log::{Author, DocStore, Durability, EntryKind, EventLog, Log, LogConfig, NewEntry, StoreConfig};
+use converge_log::{
+    Author, DocStore, Durability, EntryKind, EventLog, Log, LogConfig, NewEntry, StoreConfig,
+};
 use converge_proto::{DocId, Epoch, Seq, UserId};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -27,7 +29,9 @@ fn doc_id(i: usize) -> DocId {
 
 fn build(dir: &std::path::Path, changes: &[Vec<u8>], snapshot: &[u8]) {
     let config = LogConfig {
-        durability: Durability::Buffered { every: Duration::from_secs(1) },
+        durability: Durability::Buffered {
+            every: Duration::from_secs(1),
+        },
         ..LogConfig::default()
     };
     let log = Log::open(dir, config).unwrap();
@@ -35,13 +39,20 @@ fn build(dir: &std::path::Path, changes: &[Vec<u8>], snapshot: &[u8]) {
     let t = Instant::now();
     for i in 0..DOCS {
         let doc = doc_id(i);
-        let _ = log.create(doc, Epoch(1)).unwrap();
+        drop(log.create(doc, Epoch(1)).unwrap());
         let entries = changes
             .iter()
-            .map(|c| NewEntry { at_ms: 1, author: author.clone(), kind: EntryKind::Change(c.clone()) })
+            .map(|c| NewEntry {
+                at_ms: 1,
+                author: author.clone(),
+                kind: EntryKind::Change(c.clone()),
+            })
             .collect();
-        let _ = log.append(&doc, entries).unwrap();
-        let _ = log.put_snapshot(&doc, Seq(SNAPSHOT_AT as u64), snapshot.to_vec()).unwrap();
+        drop(log.append(&doc, entries).unwrap());
+        drop(
+            log.put_snapshot(&doc, Seq(SNAPSHOT_AT as u64), snapshot.to_vec())
+                .unwrap(),
+        );
     }
     log.flush().unwrap();
     eprintln!(
@@ -57,8 +68,10 @@ fn cold_start(c: &mut Criterion) {
     let changes = trace_changes(&trace, PER_DOC - 1);
     assert_eq!(changes.len(), PER_DOC);
     let mut at_snapshot = AutoCommit::new();
-    let first: Vec<automerge::Change> =
-        changes[..SNAPSHOT_AT].iter().map(|c| automerge::Change::from_bytes(c.clone()).unwrap()).collect();
+    let first: Vec<automerge::Change> = changes[..SNAPSHOT_AT]
+        .iter()
+        .map(|c| automerge::Change::from_bytes(c.clone()).unwrap())
+        .collect();
     at_snapshot.apply_changes(first).unwrap();
     let snapshot = at_snapshot.save();
     let tail: Vec<u8> = changes[SNAPSHOT_AT..].concat();

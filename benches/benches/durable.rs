@@ -14,14 +14,20 @@ const APPENDERS: usize = 64;
 const PER_APPENDER: usize = 200;
 const SINGLE: usize = 2_000;
 
-fn run_appenders(log: &Arc<Log>, changes: &Arc<Vec<Vec<u8>>>, appenders: usize, per: usize, round: u64) -> Duration {
+fn run_appenders(
+    log: &Arc<Log>,
+    changes: &Arc<Vec<Vec<u8>>>,
+    appenders: usize,
+    per: usize,
+    round: u64,
+) -> Duration {
     let docs: Vec<DocId> = (0..appenders)
         .map(|a| {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&round.to_be_bytes());
             id[8..16].copy_from_slice(&(a as u64).to_be_bytes());
             let d = DocId::from_bytes(id);
-            let _ = log.create(d, Epoch(1)).unwrap();
+            drop(log.create(d, Epoch(1)).unwrap());
             d
         })
         .collect();
@@ -34,7 +40,11 @@ fn run_appenders(log: &Arc<Log>, changes: &Arc<Vec<Vec<u8>>>, appenders: usize, 
             s.spawn(move || {
                 let author = Author::user(UserId::new("bench").unwrap());
                 for c in changes.iter().take(per) {
-                    let e = NewEntry { at_ms: 1, author: author.clone(), kind: EntryKind::Change(c.clone()) };
+                    let e = NewEntry {
+                        at_ms: 1,
+                        author: author.clone(),
+                        kind: EntryKind::Change(c.clone()),
+                    };
                     log.append(doc, vec![e]).unwrap().durable.wait().unwrap();
                 }
             });
@@ -75,7 +85,11 @@ fn durable(c: &mut Criterion) {
     });
 
     let raw_dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(raw_dir.path()).flush_every_ms(None).open().unwrap();
+    let db = sled::Config::new()
+        .path(raw_dir.path())
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
     let total = APPENDERS * PER_APPENDER;
     g.throughput(Throughput::Elements(total as u64));
     let mut raw_round = 0u64;

@@ -12,7 +12,9 @@ const N: usize = 10_000;
 
 fn buffered() -> LogConfig {
     LogConfig {
-        durability: Durability::Buffered { every: Duration::from_millis(500) },
+        durability: Durability::Buffered {
+            every: Duration::from_millis(500),
+        },
         ..LogConfig::default()
     }
 }
@@ -37,11 +39,15 @@ fn append_buffered(c: &mut Criterion) {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&doc_n.to_be_bytes());
                 let doc = DocId::from_bytes(id);
-                let _ = log.create(doc, Epoch(1)).unwrap();
+                drop(log.create(doc, Epoch(1)).unwrap());
                 let start = Instant::now();
                 for c in &changes {
-                    let e = NewEntry { at_ms: 1, author: author.clone(), kind: EntryKind::Change(c.clone()) };
-                    let _ = log.append(&doc, vec![e]).unwrap();
+                    let e = NewEntry {
+                        at_ms: 1,
+                        author: author.clone(),
+                        kind: EntryKind::Change(c.clone()),
+                    };
+                    drop(log.append(&doc, vec![e]).unwrap());
                 }
                 total += start.elapsed();
             }
@@ -50,7 +56,11 @@ fn append_buffered(c: &mut Criterion) {
     });
 
     let raw_dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(raw_dir.path()).flush_every_ms(Some(500)).open().unwrap();
+    let db = sled::Config::new()
+        .path(raw_dir.path())
+        .flush_every_ms(Some(500))
+        .open()
+        .unwrap();
     let mut round = 0u64;
     g.bench_function("raw_sled_insert", |b| {
         b.iter_custom(|iters| {

@@ -29,17 +29,31 @@ fn raw(trace: &Trace) -> Duration {
 }
 
 /// Runs the trace through a store; returns the time and the log for size measurements.
-fn through_store(trace: &Trace, dir: &std::path::Path, local_batch: usize) -> (Duration, Arc<Log>, converge_proto::DocId, u64) {
+fn through_store(
+    trace: &Trace,
+    dir: &std::path::Path,
+    local_batch: usize,
+) -> (Duration, Arc<Log>, converge_proto::DocId, u64) {
     let log = Arc::new(Log::open(dir, LogConfig::default()).unwrap());
     // An editor streaming keystrokes: each edit is its own change and its own log entry,
     // handed to the log in groups of `local_batch` (StoreConfig::local_batch).
-    let store = DocStore::new(log.clone(), StoreConfig { local_batch, ..StoreConfig::default() });
+    let store = DocStore::new(
+        log.clone(),
+        StoreConfig {
+            local_batch,
+            ..StoreConfig::default()
+        },
+    );
     let me = Author::user(UserId::new("writer").unwrap());
     let start = Instant::now();
     let (id, created) = store
-        .create(&me, 0, |d| d.put_object(ROOT, "text", ObjType::Text).map(|_| ()))
+        .create(&me, 0, |d| {
+            d.put_object(ROOT, "text", ObjType::Text).map(|_| ())
+        })
         .unwrap();
-    let text = store.read(&id, |d| d.get(ROOT, "text").unwrap().unwrap().1).unwrap();
+    let text = store
+        .read(&id, |d| d.get(ROOT, "text").unwrap().unwrap().1)
+        .unwrap();
     let mut pending = Vec::with_capacity(trace.txns.len() + 1);
     pending.push(created);
     for txn in &trace.txns {
@@ -60,7 +74,11 @@ fn through_store(trace: &Trace, dir: &std::path::Path, local_batch: usize) -> (D
     let got = store.read(&id, |d| d.text(&text).unwrap()).unwrap();
     assert_eq!(got, trace.end_content);
     let stats = log.stats(&id).unwrap();
-    assert_eq!(stats.changes, trace.txns.len() as u64 + 1, "one change per edit");
+    assert_eq!(
+        stats.changes,
+        trace.txns.len() as u64 + 1,
+        "one change per edit"
+    );
     let logical = stats.change_bytes;
     (elapsed, log, id, logical)
 }
@@ -105,18 +123,23 @@ fn trace_bench(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(60));
     for batch in [64, 256] {
-        g.bench_function(format!("converge_store_durable_pipelined_batch{batch}"), |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let dir = tempfile::tempdir().unwrap();
-                        through_store(&trace, dir.path(), batch).0
-                    })
-                    .sum()
-            })
-        });
+        g.bench_function(
+            format!("converge_store_durable_pipelined_batch{batch}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            let dir = tempfile::tempdir().unwrap();
+                            through_store(&trace, dir.path(), batch).0
+                        })
+                        .sum()
+                })
+            },
+        );
     }
-    g.bench_function("automerge_in_memory", |b| b.iter_custom(|iters| (0..iters).map(|_| raw(&trace)).sum()));
+    g.bench_function("automerge_in_memory", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| raw(&trace)).sum())
+    });
     g.finish();
 }
 

@@ -13,33 +13,56 @@ fn store_run(trace: &converge_benches::Trace, n: usize, batch: usize) {
     use converge_log::{DocStore, StoreConfig};
     let dir = tempfile::tempdir().unwrap();
     let log = std::sync::Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
-    let store = DocStore::new(log, StoreConfig { local_batch: batch, ..StoreConfig::default() });
+    let store = DocStore::new(
+        log,
+        StoreConfig {
+            local_batch: batch,
+            ..StoreConfig::default()
+        },
+    );
     let me = Author::user(UserId::new("w").unwrap());
     let t = Instant::now();
-    let (id, _) = store.create(&me, 0, |d| d.put_object(ROOT, "text", ObjType::Text).map(|_| ())).unwrap();
-    let text = store.read(&id, |d| d.get(ROOT, "text").unwrap().unwrap().1).unwrap();
+    let (id, _) = store
+        .create(&me, 0, |d| {
+            d.put_object(ROOT, "text", ObjType::Text).map(|_| ())
+        })
+        .unwrap();
+    let text = store
+        .read(&id, |d| d.get(ROOT, "text").unwrap().unwrap().1)
+        .unwrap();
     let mut pending = Vec::new();
     for txn in &trace.txns[..n] {
-        let (_, a) = store.change(&id, &me, 0, |d| {
-            let (pos, del, ins) = &txn.patches[0];
-            d.splice_text(&text, *pos, *del as isize, ins).unwrap();
-        }).unwrap();
+        let (_, a) = store
+            .change(&id, &me, 0, |d| {
+                let (pos, del, ins) = &txn.patches[0];
+                d.splice_text(&text, *pos, *del as isize, ins).unwrap();
+            })
+            .unwrap();
         pending.extend(a.map(|a| a.durable));
     }
     pending.extend(store.flush_local(&id).unwrap().map(|a| a.durable));
     let edits = t.elapsed();
-    for d in pending { d.wait().unwrap(); }
-    println!("store batch {batch}: edits done {edits:?}, all durable {:?}", t.elapsed());
+    for d in pending {
+        d.wait().unwrap();
+    }
+    println!(
+        "store batch {batch}: edits done {edits:?}, all durable {:?}",
+        t.elapsed()
+    );
 }
 
 fn main() {
     let trace = load_trace();
-    if let Some(b) = std::env::var("STORE_BATCH").ok() {
-        let n: usize = std::env::args().nth(1).map_or(100_000, |s| s.parse().unwrap());
+    if let Ok(b) = std::env::var("STORE_BATCH") {
+        let n: usize = std::env::args()
+            .nth(1)
+            .map_or(100_000, |s| s.parse().unwrap());
         store_run(&trace, n, b.parse().unwrap());
         return;
     }
-    let n: usize = std::env::args().nth(1).map_or(100_000, |s| s.parse().unwrap());
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(100_000, |s| s.parse().unwrap());
     let edits = &trace.txns[..n];
 
     let t = Instant::now();
@@ -83,25 +106,44 @@ fn main() {
     println!("from_bytes alone: {:?}", t.elapsed());
 
     for (name, durability) in [
-        ("buffered", Durability::Buffered { every: Duration::from_millis(100) }),
+        (
+            "buffered",
+            Durability::Buffered {
+                every: Duration::from_millis(100),
+            },
+        ),
         ("fsync", Durability::Fsync),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), LogConfig { durability, ..LogConfig::default() }).unwrap();
+        let log = Log::open(
+            dir.path(),
+            LogConfig {
+                durability,
+                ..LogConfig::default()
+            },
+        )
+        .unwrap();
         let d = DocId::from_bytes([1; 16]);
-        let _ = log.create(d, Epoch(1)).unwrap();
+        drop(log.create(d, Epoch(1)).unwrap());
         let author = Author::user(UserId::new("w").unwrap());
         let t = Instant::now();
         let mut tickets = Vec::with_capacity(n);
         for c in &changes {
-            let e = NewEntry { at_ms: 0, author: author.clone(), kind: EntryKind::Change(c.clone()) };
+            let e = NewEntry {
+                at_ms: 0,
+                author: author.clone(),
+                kind: EntryKind::Change(c.clone()),
+            };
             tickets.push(log.append(&d, vec![e]).unwrap().durable);
         }
         let appended = t.elapsed();
         for tk in tickets {
             tk.wait().unwrap();
         }
-        println!("log append only ({name}): {appended:?} appending, {:?} until all durable", t.elapsed());
+        println!(
+            "log append only ({name}): {appended:?} appending, {:?} until all durable",
+            t.elapsed()
+        );
     }
 }
 

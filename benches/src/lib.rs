@@ -33,7 +33,9 @@ pub fn trace_path() -> PathBuf {
 pub fn load_trace() -> Trace {
     let file = std::fs::File::open(trace_path()).expect("the editing trace (set CONVERGE_TRACE)");
     let mut json = String::new();
-    flate2::read::GzDecoder::new(file).read_to_string(&mut json).unwrap();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut json)
+        .unwrap();
     serde_json::from_str(&json).unwrap()
 }
 
@@ -46,7 +48,11 @@ pub fn text_doc(actor: u8) -> (AutoCommit, automerge::ObjId) {
 }
 
 /// Applies one edit of the trace.
-pub fn apply_edit(doc: &mut AutoCommit, text: &automerge::ObjId, (pos, del, ins): &(usize, usize, String)) {
+pub fn apply_edit(
+    doc: &mut AutoCommit,
+    text: &automerge::ObjId,
+    (pos, del, ins): &(usize, usize, String),
+) {
     doc.splice_text(text, *pos, *del as isize, ins).unwrap();
 }
 
@@ -60,7 +66,10 @@ pub fn trace_changes(trace: &Trace, n: usize) -> Vec<Vec<u8>> {
         }
         doc.commit();
     }
-    doc.get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()).collect()
+    doc.get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect()
 }
 
 /// `n` distinct changes of about `size` bytes each, from one actor.

@@ -36,6 +36,10 @@ impl Writer {
     pub fn put(&mut self, key: &str, value: i64) -> Vec<u8> {
         self.doc.put(ROOT, key, value).unwrap();
         self.doc.commit();
-        self.doc.get_last_local_change().unwrap().raw_bytes().to_vec()
+        self.doc
+            .get_last_local_change()
+            .unwrap()
+            .raw_bytes()
+            .to_vec()
     }
 }

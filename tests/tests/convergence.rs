@@ -43,7 +43,15 @@ fn play(steps: &[Step]) -> (Vec<(usize, Vec<u8>)>, AutoCommit) {
     first.put_object(ROOT, "notes", ObjType::Text).unwrap();
     first.commit();
     let mut docs: Vec<AutoCommit> = (0..ACTORS)
-        .map(|i| if i == 0 { first.clone() } else { first.fork().with_actor(ActorId::from(vec![i as u8 + 1; 16])) })
+        .map(|i| {
+            if i == 0 {
+                first.clone()
+            } else {
+                first
+                    .fork()
+                    .with_actor(ActorId::from(vec![i as u8 + 1; 16]))
+            }
+        })
         .collect();
     for s in steps {
         match s {
@@ -54,7 +62,8 @@ fn play(steps: &[Step]) -> (Vec<(usize, Vec<u8>)>, AutoCommit) {
                 let d = &mut docs[*actor];
                 let notes = d.get(ROOT, "notes").unwrap().unwrap().1;
                 let len = d.length(&notes);
-                d.splice_text(&notes, at % (len + 1), 0, &ch.to_string()).unwrap();
+                d.splice_text(&notes, at % (len + 1), 0, &ch.to_string())
+                    .unwrap();
             }
             Step::Delete { actor, at } => {
                 let d = &mut docs[*actor];
@@ -90,7 +99,9 @@ fn play(steps: &[Step]) -> (Vec<(usize, Vec<u8>)>, AutoCommit) {
 fn feed(log: &Arc<Log>, changes: &[(usize, Vec<u8>)], seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<&(usize, Vec<u8>)> = changes.iter().collect();
-    let dups: Vec<_> = (0..changes.len() / 3).map(|_| &changes[rng.random_range(0..changes.len())]).collect();
+    let dups: Vec<_> = (0..changes.len() / 3)
+        .map(|_| &changes[rng.random_range(0..changes.len())])
+        .collect();
     order.extend(dups);
     order.shuffle(&mut rng);
     log.create(DOC, Epoch(1)).unwrap().wait().unwrap();
@@ -99,7 +110,10 @@ fn feed(log: &Arc<Log>, changes: &[(usize, Vec<u8>)], seed: u64) {
         let n = rng.random_range(1..=rest.len().min(7));
         let (batch, tail) = rest.split_at(n);
         rest = tail;
-        let entries = batch.iter().map(|(a, bytes)| change_entry(&user(&format!("user{a}")), bytes.clone())).collect();
+        let entries = batch
+            .iter()
+            .map(|(a, bytes)| change_entry(&user(&format!("user{a}")), bytes.clone()))
+            .collect();
         log.append(&DOC, entries).unwrap().durable.wait().unwrap();
     }
 }

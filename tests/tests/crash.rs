@@ -43,26 +43,48 @@ fn sigkill_never_loses_an_acknowledged_append() {
         }
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
-        assert!(!status.success(), "round {round}: child exited on its own: {status}");
+        assert!(
+            !status.success(),
+            "round {round}: child exited on its own: {status}"
+        );
         // Lines already in the pipe were acknowledged before the kill: count them too.
         for line in lines.map_while(Result::ok) {
             let parts: Vec<&str> = line.split(' ').collect();
             if parts.len() == 4 && parts[0] == "ACK" {
-                acked.insert((parts[1].parse().unwrap(), Seq(parts[2].parse().unwrap())), parts[3].to_string());
+                acked.insert(
+                    (parts[1].parse().unwrap(), Seq(parts[2].parse().unwrap())),
+                    parts[3].to_string(),
+                );
             }
         }
 
         let log = SledLog::open(dir.path(), LogConfig::default()).unwrap();
         for ((doc, seq), hash) in &acked {
-            let entries = log.read(doc, *seq, 1).unwrap_or_else(|e| panic!("round {round}: {e}"));
-            let entry = entries.first().unwrap_or_else(|| panic!("round {round}: lost {doc} seq {seq}"));
-            let EntryKind::Change(bytes) = &entry.kind else { panic!("not a change") };
-            let got = automerge::Change::from_bytes(bytes.clone()).unwrap().hash().to_string();
-            assert_eq!(&got, hash, "round {round}: {doc} seq {seq} holds another change");
+            let entries = log
+                .read(doc, *seq, 1)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let entry = entries
+                .first()
+                .unwrap_or_else(|| panic!("round {round}: lost {doc} seq {seq}"));
+            let EntryKind::Change(bytes) = &entry.kind else {
+                panic!("not a change")
+            };
+            let got = automerge::Change::from_bytes(bytes.clone())
+                .unwrap()
+                .hash()
+                .to_string();
+            assert_eq!(
+                &got, hash,
+                "round {round}: {doc} seq {seq} holds another change"
+            );
         }
         for doc in log.docs().unwrap() {
-            log.verify(&doc).unwrap_or_else(|e| panic!("round {round}: verify: {e}"));
+            log.verify(&doc)
+                .unwrap_or_else(|e| panic!("round {round}: verify: {e}"));
         }
     }
-    assert!(acked.len() >= KILLS, "the writer acknowledged too little to test anything");
+    assert!(
+        acked.len() >= KILLS,
+        "the writer acknowledged too little to test anything"
+    );
 }

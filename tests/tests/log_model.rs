@@ -15,11 +15,27 @@ const WRITERS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { doc: usize, writer: usize, n: usize },
-    Duplicate { doc: usize, pick: Index },
-    Snapshot { doc: usize, back: usize },
-    Compact { doc: usize },
-    Read { doc: usize, from: Index, limit: usize },
+    Append {
+        doc: usize,
+        writer: usize,
+        n: usize,
+    },
+    Duplicate {
+        doc: usize,
+        pick: Index,
+    },
+    Snapshot {
+        doc: usize,
+        back: usize,
+    },
+    Compact {
+        doc: usize,
+    },
+    Read {
+        doc: usize,
+        from: Index,
+        limit: usize,
+    },
     Reboot,
     /// Memory backend: lose everything not flushed (nothing, since every append waited).
     Crash,
@@ -67,7 +83,11 @@ fn run(store: Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut log = store.open();
     let mut model = vec![DocModel::default(); DOCS];
     let mut writers: Vec<Vec<Writer>> = (0..DOCS)
-        .map(|d| (0..WRITERS).map(|w| Writer::new(&[(d * 16 + w + 1) as u8; 16])).collect())
+        .map(|d| {
+            (0..WRITERS)
+                .map(|w| Writer::new(&[(d * 16 + w + 1) as u8; 16]))
+                .collect()
+        })
         .collect();
     for d in 0..DOCS {
         log.create(doc_id(d), Epoch(1)).unwrap().wait().unwrap();
@@ -87,8 +107,15 @@ fn run(store: Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 appended.durable.wait().unwrap();
                 for (entry, result) in batch.into_iter().zip(appended.results) {
                     let m = &mut model[doc];
-                    let converge_log::EntryKind::Change(bytes) = entry.kind else { unreachable!() };
-                    let hash = ChangeHash(automerge::Change::from_bytes(bytes.clone()).unwrap().hash().0);
+                    let converge_log::EntryKind::Change(bytes) = entry.kind else {
+                        unreachable!()
+                    };
+                    let hash = ChangeHash(
+                        automerge::Change::from_bytes(bytes.clone())
+                            .unwrap()
+                            .hash()
+                            .0,
+                    );
                     m.changes.push((bytes, hash));
                     prop_assert_eq!(result, AppendResult::Appended(Seq(m.changes.len() as u64)));
                 }
@@ -100,20 +127,30 @@ fn run(store: Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let i = pick.index(m.changes.len());
                 let author = user("someone-else");
-                let r = log.append(&doc_id(doc), vec![change_entry(&author, m.changes[i].0.clone())]).unwrap();
+                let r = log
+                    .append(
+                        &doc_id(doc),
+                        vec![change_entry(&author, m.changes[i].0.clone())],
+                    )
+                    .unwrap();
                 r.durable.wait().unwrap();
                 prop_assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(i as u64 + 1))]);
             }
             Op::Snapshot { doc, back } => {
                 let m = &mut model[doc];
                 let last = m.changes.len() as u64;
-                let Some(seq) = last.checked_sub(back as u64) else { continue };
+                let Some(seq) = last.checked_sub(back as u64) else {
+                    continue;
+                };
                 if seq == 0 || seq < m.compacted_through {
                     prop_assert!(log.put_snapshot(&doc_id(doc), Seq(seq), vec![1]).is_err());
                     continue;
                 }
                 let bytes = vec![seq as u8; 8];
-                log.put_snapshot(&doc_id(doc), Seq(seq), bytes.clone()).unwrap().wait().unwrap();
+                log.put_snapshot(&doc_id(doc), Seq(seq), bytes.clone())
+                    .unwrap()
+                    .wait()
+                    .unwrap();
                 if m.snapshot.as_ref().is_none_or(|(s, _)| *s < seq) {
                     m.snapshot = Some((seq, bytes));
                 }
@@ -141,11 +178,18 @@ fn run(store: Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let got = got.unwrap();
-                let want: Vec<&Vec<u8>> = m.changes[(from - 1) as usize..].iter().take(limit).map(|(b, _)| b).collect();
-                let got_bytes: Vec<&Vec<u8>> = got.iter().map(|e| match &e.kind {
-                    converge_log::EntryKind::Change(b) => b,
-                    _ => unreachable!(),
-                }).collect();
+                let want: Vec<&Vec<u8>> = m.changes[(from - 1) as usize..]
+                    .iter()
+                    .take(limit)
+                    .map(|(b, _)| b)
+                    .collect();
+                let got_bytes: Vec<&Vec<u8>> = got
+                    .iter()
+                    .map(|e| match &e.kind {
+                        converge_log::EntryKind::Change(b) => b,
+                        _ => unreachable!(),
+                    })
+                    .collect();
                 prop_assert_eq!(got_bytes, want);
             }
             Op::Reboot => {
@@ -168,13 +212,19 @@ fn run(store: Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert_eq!(head.snapshot_seq, m.snapshot.as_ref().map(|(s, _)| Seq(*s)));
             let snap = log.snapshot(&doc_id(d)).unwrap().map(|s| s.bytes);
             prop_assert_eq!(snap, m.snapshot.as_ref().map(|(_, b)| b.clone()));
-            prop_assert_eq!(log.verify(&doc_id(d)).unwrap(), m.changes.len() as u64 - m.compacted_through);
+            prop_assert_eq!(
+                log.verify(&doc_id(d)).unwrap(),
+                m.changes.len() as u64 - m.compacted_through
+            );
         }
     }
     // Every change, compacted or not, is still known to the dedup index.
     for (d, m) in model.iter().enumerate() {
         for (i, (_, hash)) in m.changes.iter().enumerate() {
-            prop_assert_eq!(log.change_seq(&doc_id(d), hash).unwrap(), Some(Seq(i as u64 + 1)));
+            prop_assert_eq!(
+                log.change_seq(&doc_id(d), hash).unwrap(),
+                Some(Seq(i as u64 + 1))
+            );
         }
     }
     Ok(())

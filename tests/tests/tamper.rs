@@ -20,7 +20,11 @@ fn build(dir: &Path) {
         let mut w = Writer::new(&[d.as_bytes()[0]; 16]);
         // One append per change, so each entry is a page of its own under its seq's key.
         for i in 0..10 {
-            log.append(&d, vec![change_entry(&user("a"), w.put("k", i))]).unwrap().durable.wait().unwrap();
+            log.append(&d, vec![change_entry(&user("a"), w.put("k", i))])
+                .unwrap()
+                .durable
+                .wait()
+                .unwrap();
         }
     }
 }
@@ -60,7 +64,11 @@ fn a_flipped_byte_in_the_middle_is_named_by_verify_and_by_load() {
     });
     let log = Arc::new(SledLog::open(dir.path(), LogConfig::default()).unwrap());
     assert_names(&log.verify(&DOC).unwrap_err(), 5);
-    assert_eq!(log.verify(&OTHER).unwrap(), 10, "the other document is untouched");
+    assert_eq!(
+        log.verify(&OTHER).unwrap(),
+        10,
+        "the other document is untouched"
+    );
     // Reading after the broken entry's successor is fine (6 links to 5, so reading from 6
     // must check 5); reading through it is not.
     assert_eq!(log.read(&DOC, Seq(7), 10).unwrap().len(), 4);
@@ -94,11 +102,17 @@ fn a_rehashed_forgery_breaks_the_link_to_the_next_entry() {
 fn a_damaged_tail_marks_the_document_broken_but_the_log_opens() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
-    overwrite(dir.path(), &entry_key(&DOC, 10), |v| v.truncate(v.len() - 3));
+    overwrite(dir.path(), &entry_key(&DOC, 10), |v| {
+        v.truncate(v.len() - 3)
+    });
     let log = SledLog::open(dir.path(), LogConfig::default()).unwrap();
     assert_names(&log.verify(&DOC).unwrap_err(), 10);
     let mut w = Writer::new(&[9; 16]);
-    assert_names(&log.append(&DOC, vec![change_entry(&user("a"), w.put("x", 1))]).unwrap_err(), 10);
+    assert_names(
+        &log.append(&DOC, vec![change_entry(&user("a"), w.put("x", 1))])
+            .unwrap_err(),
+        10,
+    );
     assert_eq!(log.verify(&OTHER).unwrap(), 10);
 }
 
@@ -111,7 +125,13 @@ fn an_unknown_format_version_is_refused() {
     db.flush().unwrap();
     drop(db);
     let err = SledLog::open(dir.path(), LogConfig::default()).unwrap_err();
-    assert_eq!(err, LogError::UnsupportedFormat { found: 2, supported: converge_log::FORMAT_VERSION });
+    assert_eq!(
+        err,
+        LogError::UnsupportedFormat {
+            found: 2,
+            supported: converge_log::FORMAT_VERSION
+        }
+    );
 }
 
 #[test]

@@ -61,7 +61,8 @@ enum Command {
 }
 
 fn parse_kind(s: &str) -> Result<DocKind, String> {
-    s.parse().map_err(|e: converge_schema::SchemaError| e.to_string())
+    s.parse()
+        .map_err(|e: converge_schema::SchemaError| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -110,8 +111,8 @@ fn now_ms() -> u64 {
 
 fn import(file: &Path, kind: DocKind, dir: &Path) -> anyhow::Result<ExitCode> {
     // Parse and validate before the log is even opened: bad input writes nothing.
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let typed = kind.parse_json(&text)?;
     let log = open(dir)?;
     let store = DocStore::new(log.clone(), StoreConfig::default());
@@ -124,12 +125,14 @@ fn import(file: &Path, kind: DocKind, dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn replay(doc: &str, at: Option<u64>, dir: &Path) -> anyhow::Result<ExitCode> {
-    let id: DocId = doc.parse().with_context(|| format!("document id {doc:?}"))?;
+    let id: DocId = doc
+        .parse()
+        .with_context(|| format!("document id {doc:?}"))?;
     let log = open_existing(dir)?;
     let store = DocStore::new(log, StoreConfig::default());
     let json = match at {
         Some(seq) => to_json(&store.load_at(&id, Seq(seq))?),
-        None => store.read(&id, |d| to_json(d))?,
+        None => store.read(&id, to_json)?,
     };
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(ExitCode::SUCCESS)
@@ -161,7 +164,10 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
         bar.set_message(format!("{entries} entries"));
     }
     bar.finish_and_clear();
-    println!("ok: {} documents, {entries} entries, every chain holds", docs.len());
+    println!(
+        "ok: {} documents, {entries} entries, every chain holds",
+        docs.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -170,7 +176,14 @@ fn inspect(dir: &Path) -> anyhow::Result<ExitCode> {
     let docs = log.docs()?;
     println!(
         "{:<30} {:>5} {:>9} {:>9} {:>12} {:>12} {:>10} {:>10}",
-        "document", "epoch", "last_seq", "entries", "entry_bytes", "change_bytes", "snapshot", "snap_bytes"
+        "document",
+        "epoch",
+        "last_seq",
+        "entries",
+        "entry_bytes",
+        "change_bytes",
+        "snapshot",
+        "snap_bytes"
     );
     for doc in &docs {
         let head = log.head(doc)?;
@@ -188,6 +201,10 @@ fn inspect(dir: &Path) -> anyhow::Result<ExitCode> {
             if head.tombstoned { " (deleted)" } else { "" },
         );
     }
-    println!("{} documents, {} bytes on disk", docs.len(), log.size_on_disk()?);
+    println!(
+        "{} documents, {} bytes on disk",
+        docs.len(),
+        log.size_on_disk()?
+    );
     Ok(ExitCode::SUCCESS)
 }

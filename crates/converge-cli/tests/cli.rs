@@ -27,10 +27,16 @@ fn import_then_replay_verify_and_inspect() {
     let data = dir.path().join("data");
     let file = dir.path().join("s.json");
     std::fs::write(&file, SCHEDULE).unwrap();
-    let out = converge(&["import", file.to_str().unwrap(), "--kind", "schedule"], &data);
+    let out = converge(
+        &["import", file.to_str().unwrap(), "--kind", "schedule"],
+        &data,
+    );
     assert!(out.status.success(), "{out:?}");
     let id = stdout(&out).lines().last().unwrap().to_string();
-    assert!(id.parse::<converge_proto::DocId>().is_ok(), "last line is a DocId: {id}");
+    assert!(
+        id.parse::<converge_proto::DocId>().is_ok(),
+        "last line is a DocId: {id}"
+    );
 
     let out = converge(&["replay", &id], &data);
     assert!(out.status.success(), "{out:?}");
@@ -54,14 +60,23 @@ fn bad_input_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = dir.path().join("bad.json");
-    for bad in ["{not json", r#"{"title":"x","timezone":"UTC","events":{"e":{"title":"t","resource":"r","start":9,"end":1}}}"#] {
+    for bad in [
+        "{not json",
+        r#"{"title":"x","timezone":"UTC","events":{"e":{"title":"t","resource":"r","start":9,"end":1}}}"#,
+    ] {
         std::fs::write(&file, bad).unwrap();
-        let out = converge(&["import", file.to_str().unwrap(), "--kind", "schedule"], &data);
+        let out = converge(
+            &["import", file.to_str().unwrap(), "--kind", "schedule"],
+            &data,
+        );
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid schedule JSON"));
         assert!(!data.exists(), "nothing written");
     }
-    let out = converge(&["import", file.to_str().unwrap(), "--kind", "calendar"], &data);
+    let out = converge(
+        &["import", file.to_str().unwrap(), "--kind", "calendar"],
+        &data,
+    );
     assert!(!out.status.success());
     let out = converge(&["replay", "not-an-id"], &data);
     assert!(!out.status.success());
@@ -76,7 +91,10 @@ fn verify_names_a_tampered_entry_and_exits_1() {
     let data = dir.path().join("data");
     let file = dir.path().join("s.json");
     std::fs::write(&file, SCHEDULE).unwrap();
-    let out = converge(&["import", file.to_str().unwrap(), "--kind", "schedule"], &data);
+    let out = converge(
+        &["import", file.to_str().unwrap(), "--kind", "schedule"],
+        &data,
+    );
     let id = stdout(&out).lines().last().unwrap().to_string();
     let doc: converge_proto::DocId = id.parse().unwrap();
     let mut key = vec![b'E'];
@@ -91,7 +109,11 @@ fn verify_names_a_tampered_entry_and_exits_1() {
     }
     let out = converge(&["verify"], &data);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains(&format!("document {id} seq 1")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("document {id} seq 1")),
+        "{}",
+        stdout(&out)
+    );
     let out = converge(&["replay", &id], &data);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("document {id} seq 1")));

@@ -82,8 +82,14 @@ pub enum StoreError {
     #[error("automerge: {0}")]
     Automerge(#[from] automerge::AutomergeError),
     /// A log entry could not be applied; it is quarantined and the document loads without it.
-    #[error("document {doc}: the change at seq {seq} cannot be applied ({reason}); it is quarantined")]
-    Quarantined { doc: DocId, seq: Seq, reason: String },
+    #[error(
+        "document {doc}: the change at seq {seq} cannot be applied ({reason}); it is quarantined"
+    )]
+    Quarantined {
+        doc: DocId,
+        seq: Seq,
+        reason: String,
+    },
     /// The function that writes a new document's first state failed; nothing was written.
     #[error("cannot build the document: {0}")]
     Init(String),
@@ -294,7 +300,10 @@ impl DocStore {
                 return Err(e.into());
             }
         };
-        loaded.encoded_bytes += changes.iter().map(|c| c.raw_bytes().len() as u64).sum::<u64>();
+        loaded.encoded_bytes += changes
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
         let first = appended.results.first().map(|r| r.seq());
         if first == Some(loaded.applied_through.next()) {
             loaded.applied_through = appended
@@ -396,7 +405,9 @@ impl DocStore {
             let mut slot = lock(&slot);
             match self.log_local(id, &mut slot) {
                 Ok(_) => slot.loaded = None,
-                Err(e) => tracing::error!(doc = %id, error = %e, "not evicted: local changes could not be logged"),
+                Err(e) => {
+                    tracing::error!(doc = %id, error = %e, "not evicted: local changes could not be logged")
+                }
             }
         }
     }
@@ -627,7 +638,7 @@ impl DocStore {
     /// Checks the memory budget now and then rather than on every operation: the check walks
     /// every slot, and a document only grows by small steps between loads.
     fn maybe_evict(&self, id: &DocId) {
-        if self.clock.load(Ordering::Relaxed) % 64 == 0 || self.loaded_count_changed() {
+        if self.clock.load(Ordering::Relaxed).is_multiple_of(64) || self.loaded_count_changed() {
             self.evict_over_budget(Some(id));
         }
     }
@@ -684,7 +695,9 @@ impl Drop for DocStore {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(doc = %id, error = %e, "local changes not logged on close"),
+                Err(e) => {
+                    tracing::error!(doc = %id, error = %e, "local changes not logged on close")
+                }
             }
         }
     }

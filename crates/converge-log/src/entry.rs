@@ -207,7 +207,10 @@ impl Entry {
             reason,
         };
         if stored.len() > MAX_ENTRY_BYTES + 32 {
-            return Err(corrupt(format!("{} bytes is over the entry limit", stored.len())));
+            return Err(corrupt(format!(
+                "{} bytes is over the entry limit",
+                stored.len()
+            )));
         }
         let Some(split) = stored.len().checked_sub(32) else {
             return Err(corrupt("shorter than a hash".into()));
@@ -218,7 +221,10 @@ impl Entry {
         let body: Body<Author, EntryKind> =
             codec::decode(body_bytes).map_err(|e| corrupt(format!("does not decode: {e}")))?;
         if body.seq != seq {
-            return Err(corrupt(format!("stored under seq {seq} but says {}", body.seq)));
+            return Err(corrupt(format!(
+                "stored under seq {seq} but says {}",
+                body.seq
+            )));
         }
         let hash = chain_hash(&body.prev, body_bytes);
         if hash.0 != stored_hash {

@@ -17,7 +17,11 @@ pub enum LogError {
     NotALog(String),
     /// A stored entry does not decode, or its hash chain does not hold. Names the document and seq.
     #[error("corrupt log: document {doc} seq {seq}: {reason}")]
-    Corrupt { doc: DocId, seq: Seq, reason: String },
+    Corrupt {
+        doc: DocId,
+        seq: Seq,
+        reason: String,
+    },
     /// A stored record other than an entry (index, snapshot, metadata) is damaged.
     #[error("corrupt log record {record}: {reason}")]
     CorruptRecord { record: String, reason: String },

@@ -58,7 +58,9 @@ impl AppendResult {
     /// The seq the entry has in the stream.
     pub fn seq(&self) -> Seq {
         match self {
-            AppendResult::Appended(s) | AppendResult::Duplicate(s) | AppendResult::Granted(s, _) => *s,
+            AppendResult::Appended(s)
+            | AppendResult::Duplicate(s)
+            | AppendResult::Granted(s, _) => *s,
         }
     }
 }

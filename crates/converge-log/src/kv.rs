@@ -67,10 +67,7 @@ impl SledKv {
     pub(crate) fn open(path: &Path) -> Result<Self, LogError> {
         // sled's own background flusher is off: the log decides when to flush (group commit, or
         // its own timer in buffered mode), so "acknowledged" always means "flushed by us".
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()?;
+        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
         Ok(Self { db })
     }
 }

@@ -121,7 +121,11 @@ impl Log {
         Self::open_on(Arc::new(kv), config, "memory")
     }
 
-    fn open_on(kv: Arc<dyn Kv>, config: LogConfig, backend: &'static str) -> Result<Self, LogError> {
+    fn open_on(
+        kv: Arc<dyn Kv>,
+        config: LogConfig,
+        backend: &'static str,
+    ) -> Result<Self, LogError> {
         check_format(kv.as_ref())?;
         let fence = match kv.get(keys::FENCE)? {
             Some(v) => u64_from(&v).ok_or_else(|| LogError::CorruptRecord {
@@ -137,10 +141,11 @@ impl Log {
                 record: "document metadata".into(),
                 reason: "bad key".into(),
             })?;
-            let meta: DocMeta = codec::decode(&value).map_err(|reason| LogError::CorruptRecord {
-                record: format!("metadata of {doc}"),
-                reason,
-            })?;
+            let meta: DocMeta =
+                codec::decode(&value).map_err(|reason| LogError::CorruptRecord {
+                    record: format!("metadata of {doc}"),
+                    reason,
+                })?;
             let state = recover_doc(kv.as_ref(), &doc, meta)?;
             docs.insert(doc, Arc::new(Mutex::new(state)));
         }
@@ -172,10 +177,8 @@ impl Log {
         if before == st.meta.compacted_through {
             return Ok(st.meta.compacted_hash);
         }
-        if let Some(s) = &st.meta.snapshot {
-            if s.seq == before {
-                return Ok(s.entry_hash);
-            }
+        if let Some(s) = st.meta.snapshot.as_ref().filter(|s| s.seq == before) {
+            return Ok(s.entry_hash);
         }
         let stored = self.stored_entries(doc, before, before, 1)?;
         match stored.first() {
@@ -204,7 +207,9 @@ impl Log {
         const PAGES: usize = 64;
         let prefix = keys::doc_key(keys::ENTRY, doc);
         // The page holding `from` is the last one that starts at or before it.
-        let before = self.kv.range(&prefix, &keys::entry(doc, from.next()), true, 1)?;
+        let before = self
+            .kv
+            .range(&prefix, &keys::entry(doc, from.next()), true, 1)?;
         let mut start = match before.into_iter().next() {
             Some((key, _)) => key,
             None => keys::entry(doc, from),
@@ -244,9 +249,9 @@ impl Log {
         if st.actors.is_none() {
             let prefix = keys::doc_key(keys::ACTOR, doc);
             let mut map = HashMap::new();
-            for (key, value) in self
-                .kv
-                .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+            for (key, value) in
+                self.kv
+                    .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
             {
                 let record: ActorRecord =
                     codec::decode(&value).map_err(|reason| LogError::CorruptRecord {
@@ -269,9 +274,9 @@ impl Log {
         if st.hashes.is_none() {
             let prefix = keys::doc_key(keys::HASH, doc);
             let mut map = HashMap::new();
-            for (key, value) in self
-                .kv
-                .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+            for (key, value) in
+                self.kv
+                    .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
             {
                 let block = keys::seq_of(&key).unwrap_or_default().get();
                 for (i, chunk) in value.chunks_exact(32).enumerate() {
@@ -361,7 +366,11 @@ impl Log {
             return Err(LogError::Tombstoned(*doc));
         }
         // The fence lock is taken only by batches that grant, after the doc lock (one order).
-        let mut fence = if grants { Some(guard(&self.fence)) } else { None };
+        let mut fence = if grants {
+            Some(guard(&self.fence))
+        } else {
+            None
+        };
         let mut next_token = fence.as_deref().copied().unwrap_or(0);
 
         let mut batch = WriteBatch::default();
@@ -393,7 +402,10 @@ impl Log {
                 // changes skip the hash lookup.
                 let known = match in_batch.get(&info.hash) {
                     Some(s) => Some(*s),
-                    None if record.as_ref().is_some_and(|r| r.max_change_seq >= info.seq) => {
+                    None if record
+                        .as_ref()
+                        .is_some_and(|r| r.max_change_seq >= info.seq) =>
+                    {
                         self.hashes(doc, &mut st)?.get(&info.hash).copied()
                     }
                     None => None,
@@ -402,13 +414,11 @@ impl Log {
                     results.push(AppendResult::Duplicate(existing));
                     continue;
                 }
-                if let Some(r) = &record {
-                    if r.owner != new.author.user {
-                        return Err(LogError::ActorOwnedByOther {
-                            hash: info.hash,
-                            owner: r.owner.clone(),
-                        });
-                    }
+                if let Some(r) = record.as_ref().filter(|r| r.owner != new.author.user) {
+                    return Err(LogError::ActorOwnedByOther {
+                        hash: info.hash,
+                        owner: r.owner.clone(),
+                    });
                 }
                 seq = seq.next();
                 let (max_change_seq, entry_seq) = match &record {
@@ -474,13 +484,14 @@ impl Log {
         for (client, id) in mutations {
             let current = self.last_mutation(doc, &client)?;
             if current.is_none_or(|c| c < id) {
-                batch.put(keys::mutation(doc, &client), id.get().to_be_bytes().to_vec());
+                batch.put(
+                    keys::mutation(doc, &client),
+                    id.get().to_be_bytes().to_vec(),
+                );
             }
         }
-        if let Some(f) = fence.as_deref() {
-            if next_token != *f {
-                batch.put(keys::FENCE.to_vec(), next_token.to_be_bytes().to_vec());
-            }
+        if fence.as_deref().is_some_and(|f| next_token != *f) {
+            batch.put(keys::FENCE.to_vec(), next_token.to_be_bytes().to_vec());
         }
         if !batch.is_empty() {
             self.kv.apply(batch)?;
@@ -783,12 +794,14 @@ impl EventLog for Log {
     ) -> Result<Option<MutationId>, LogError> {
         match self.kv.get(&keys::mutation(doc, client))? {
             None => Ok(None),
-            Some(v) => u64_from(&v)
-                .map(|s| Some(MutationId(s)))
-                .ok_or_else(|| LogError::CorruptRecord {
-                    record: format!("mutation index of {doc}"),
-                    reason: "not 8 bytes".into(),
-                }),
+            Some(v) => {
+                u64_from(&v)
+                    .map(|s| Some(MutationId(s)))
+                    .ok_or_else(|| LogError::CorruptRecord {
+                        record: format!("mutation index of {doc}"),
+                        reason: "not 8 bytes".into(),
+                    })
+            }
         }
     }
 

@@ -55,14 +55,22 @@ fn appends_get_dense_seqs_and_a_chain(b: Backend) {
     let log = new_log(&b);
     let alice = user("alice");
     let mut w = Writer::new(1);
-    let batch = vec![change_entry(&alice, w.put("a", 1)), change_entry(&alice, w.put("b", 2))];
+    let batch = vec![
+        change_entry(&alice, w.put("a", 1)),
+        change_entry(&alice, w.put("b", 2)),
+    ];
     let appended = log.append(&DOC, batch).unwrap();
     appended.durable.wait().unwrap();
     assert_eq!(
         appended.results,
-        vec![AppendResult::Appended(Seq(1)), AppendResult::Appended(Seq(2))]
+        vec![
+            AppendResult::Appended(Seq(1)),
+            AppendResult::Appended(Seq(2))
+        ]
     );
-    let one = log.append(&DOC, vec![change_entry(&alice, w.put("c", 3))]).unwrap();
+    let one = log
+        .append(&DOC, vec![change_entry(&alice, w.put("c", 3))])
+        .unwrap();
     assert_eq!(one.results, vec![AppendResult::Appended(Seq(3))]);
     let entries = log.read(&DOC, Seq(1), 100).unwrap();
     assert_eq!(entries.len(), 3, "{}", b.name());
@@ -83,7 +91,8 @@ fn duplicate_change_writes_nothing(b: Backend) {
     let mut w = Writer::new(1);
     let c1 = w.put("a", 1);
     let c2 = w.put("b", 2);
-    log.append(&DOC, vec![change_entry(&alice, c1.clone())]).unwrap();
+    log.append(&DOC, vec![change_entry(&alice, c1.clone())])
+        .unwrap();
     // A duplicate inside one batch and one already logged.
     let r = log
         .append(
@@ -109,7 +118,9 @@ fn duplicate_change_writes_nothing(b: Backend) {
     assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(2));
     assert_eq!(log.read(&DOC, Seq(1), 10).unwrap().len(), 2);
     // Even another user re-sending a logged change is only a duplicate.
-    let r = log.append(&DOC, vec![change_entry(&user("bob"), c2)]).unwrap();
+    let r = log
+        .append(&DOC, vec![change_entry(&user("bob"), c2)])
+        .unwrap();
     assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(2))]);
 }
 
@@ -117,10 +128,15 @@ fn reads_respect_range_and_limit(b: Backend) {
     let log = new_log(&b);
     let alice = user("alice");
     let mut w = Writer::new(1);
-    let batch = (0..20).map(|i| change_entry(&alice, w.put("k", i))).collect();
+    let batch = (0..20)
+        .map(|i| change_entry(&alice, w.put("k", i)))
+        .collect();
     log.append(&DOC, batch).unwrap();
     let page = log.read(&DOC, Seq(5), 4).unwrap();
-    assert_eq!(page.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), vec![5, 6, 7, 8]);
+    assert_eq!(
+        page.iter().map(|e| e.seq.get()).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8]
+    );
     assert!(log.read(&DOC, Seq(21), 10).unwrap().is_empty());
     assert_eq!(log.read(&DOC, Seq(0), 100).unwrap().len(), 20);
     assert_eq!(log.read(&DOC, Seq(18), 100).unwrap().len(), 3);
@@ -131,11 +147,18 @@ fn unknown_and_existing_documents(b: Backend) {
     let other = DocId::from_bytes([1; 16]);
     let mut w = Writer::new(1);
     assert_eq!(
-        log.append(&other, vec![change_entry(&user("a"), w.put("x", 1))]).unwrap_err(),
+        log.append(&other, vec![change_entry(&user("a"), w.put("x", 1))])
+            .unwrap_err(),
         LogError::UnknownDoc(other)
     );
-    assert_eq!(log.read(&other, Seq(1), 1).unwrap_err(), LogError::UnknownDoc(other));
-    assert_eq!(log.create(DOC, Epoch(1)).unwrap_err(), LogError::DocExists(DOC));
+    assert_eq!(
+        log.read(&other, Seq(1), 1).unwrap_err(),
+        LogError::UnknownDoc(other)
+    );
+    assert_eq!(
+        log.create(DOC, Epoch(1)).unwrap_err(),
+        LogError::DocExists(DOC)
+    );
     log.create(other, Epoch(7)).unwrap().wait().unwrap();
     assert_eq!(log.docs().unwrap(), {
         let mut v = vec![DOC, other];
@@ -151,8 +174,11 @@ fn actor_index_tracks_owner_and_seq(b: Backend) {
     let mut w = Writer::new(3);
     let c1 = w.put("a", 1);
     let c2 = w.put("a", 2);
-    log.append(&DOC, vec![change_entry(&alice, c1.clone()), change_entry(&alice, c2)])
-        .unwrap();
+    log.append(
+        &DOC,
+        vec![change_entry(&alice, c1.clone()), change_entry(&alice, c2)],
+    )
+    .unwrap();
     let rec = log.actor(&DOC, &[3; 16]).unwrap().unwrap();
     assert_eq!(rec.owner, alice.user);
     assert_eq!(rec.max_change_seq, 2);
@@ -160,16 +186,22 @@ fn actor_index_tracks_owner_and_seq(b: Backend) {
     assert_eq!(log.actor(&DOC, &[4; 16]).unwrap(), None);
     let hash = automerge::Change::from_bytes(c1).unwrap().hash();
     assert_eq!(
-        log.change_seq(&DOC, &converge_proto::ChangeHash(hash.0)).unwrap(),
+        log.change_seq(&DOC, &converge_proto::ChangeHash(hash.0))
+            .unwrap(),
         Some(Seq(1))
     );
-    assert_eq!(log.change_seq(&DOC, &converge_proto::ChangeHash([0; 32])).unwrap(), None);
+    assert_eq!(
+        log.change_seq(&DOC, &converge_proto::ChangeHash([0; 32]))
+            .unwrap(),
+        None
+    );
 }
 
 fn actor_owned_by_another_user_is_refused(b: Backend) {
     let log = new_log(&b);
     let mut w = Writer::new(3);
-    log.append(&DOC, vec![change_entry(&user("alice"), w.put("a", 1))]).unwrap();
+    log.append(&DOC, vec![change_entry(&user("alice"), w.put("a", 1))])
+        .unwrap();
     let err = log
         .append(&DOC, vec![change_entry(&user("mallory"), w.put("a", 2))])
         .unwrap_err();
@@ -180,7 +212,10 @@ fn actor_owned_by_another_user_is_refused(b: Backend) {
     let err = log
         .append(
             &DOC,
-            vec![change_entry(&user("mallory"), w2.put("b", 1)), change_entry(&user("mallory"), w.put("a", 3))],
+            vec![
+                change_entry(&user("mallory"), w2.put("b", 1)),
+                change_entry(&user("mallory"), w.put("a", 3)),
+            ],
         )
         .unwrap_err();
     assert!(matches!(err, LogError::ActorOwnedByOther { .. }));
@@ -196,7 +231,13 @@ fn malformed_change_is_refused_and_nothing_written(b: Backend) {
     truncated.truncate(good.len() / 2);
     for bad in [vec![], vec![0xde, 0xad, 0xbe, 0xef], truncated] {
         let err = log
-            .append(&DOC, vec![change_entry(&user("a"), good.clone()), change_entry(&user("a"), bad)])
+            .append(
+                &DOC,
+                vec![
+                    change_entry(&user("a"), good.clone()),
+                    change_entry(&user("a"), bad),
+                ],
+            )
             .unwrap_err();
         assert!(matches!(err, LogError::MalformedChange(_)), "{err:?}");
     }
@@ -208,14 +249,22 @@ fn oversize_change_is_refused(b: Backend) {
     let log = new_log(&b);
     let mut w = Writer::new(1);
     let big = w.blob(MAX_CHANGE_BYTES + 10);
-    let err = log.append(&DOC, vec![change_entry(&user("a"), big)]).unwrap_err();
-    assert!(matches!(err, LogError::TooLarge { what: "change", .. }), "{err:?}");
+    let err = log
+        .append(&DOC, vec![change_entry(&user("a"), big)])
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::TooLarge { what: "change", .. }),
+        "{err:?}"
+    );
     assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
 }
 
 fn empty_and_oversize_batches_are_refused(b: Backend) {
     let log = new_log(&b);
-    assert!(matches!(log.append(&DOC, vec![]).unwrap_err(), LogError::Invalid(_)));
+    assert!(matches!(
+        log.append(&DOC, vec![]).unwrap_err(),
+        LogError::Invalid(_)
+    ));
     let entry = NewEntry {
         at_ms: 0,
         author: user("a"),
@@ -234,7 +283,10 @@ fn empty_and_oversize_batches_are_refused(b: Backend) {
             outcome: MutationOutcome::Applied,
         }),
     };
-    assert!(matches!(log.append(&DOC, vec![long_name]).unwrap_err(), LogError::TooLarge { .. }));
+    assert!(matches!(
+        log.append(&DOC, vec![long_name]).unwrap_err(),
+        LogError::TooLarge { .. }
+    ));
     assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
 }
 
@@ -257,10 +309,20 @@ fn mutation_ids_are_tracked_per_client(b: Backend) {
     let c1 = ClientId::from_bytes([1; 16]);
     let c2 = ClientId::from_bytes([2; 16]);
     assert_eq!(log.last_mutation(&DOC, &c1).unwrap(), None);
-    log.append(&DOC, vec![mutation(1, 1, MutationOutcome::Applied), mutation(1, 2, MutationOutcome::Applied)])
+    log.append(
+        &DOC,
+        vec![
+            mutation(1, 1, MutationOutcome::Applied),
+            mutation(1, 2, MutationOutcome::Applied),
+        ],
+    )
+    .unwrap();
+    let rejected = MutationOutcome::Rejected {
+        code: 409,
+        message: "slot taken".into(),
+    };
+    log.append(&DOC, vec![mutation(2, 1, rejected.clone())])
         .unwrap();
-    let rejected = MutationOutcome::Rejected { code: 409, message: "slot taken".into() };
-    log.append(&DOC, vec![mutation(2, 1, rejected.clone())]).unwrap();
     assert_eq!(log.last_mutation(&DOC, &c1).unwrap(), Some(MutationId(2)));
     assert_eq!(log.last_mutation(&DOC, &c2).unwrap(), Some(MutationId(1)));
     let e = log.read(&DOC, Seq(3), 1).unwrap();
@@ -284,14 +346,22 @@ fn lock_grant(key: &str) -> NewEntry {
 fn fencing_tokens_increase_across_reopen(b: Backend) {
     let log = new_log(&b);
     let other = DocId::from_bytes([2; 16]);
-    let _ = log.create(other, Epoch(1)).unwrap();
-    let r = log.append(&DOC, vec![lock_grant("event:1"), lock_grant("event:2")]).unwrap();
+    drop(log.create(other, Epoch(1)).unwrap());
+    let r = log
+        .append(&DOC, vec![lock_grant("event:1"), lock_grant("event:2")])
+        .unwrap();
     assert_eq!(
         r.results,
-        vec![AppendResult::Granted(Seq(1), FencingToken(1)), AppendResult::Granted(Seq(2), FencingToken(2))]
+        vec![
+            AppendResult::Granted(Seq(1), FencingToken(1)),
+            AppendResult::Granted(Seq(2), FencingToken(2))
+        ]
     );
     let r = log.append(&other, vec![lock_grant("event:1")]).unwrap();
-    assert_eq!(r.results, vec![AppendResult::Granted(Seq(1), FencingToken(3))]);
+    assert_eq!(
+        r.results,
+        vec![AppendResult::Granted(Seq(1), FencingToken(3))]
+    );
     r.durable.wait().unwrap();
     let stored = log.read(&other, Seq(1), 1).unwrap();
     assert!(matches!(&stored[0].kind, EntryKind::Lock(l) if l.token == FencingToken(3)));
@@ -299,7 +369,10 @@ fn fencing_tokens_increase_across_reopen(b: Backend) {
     let log = b.open(LogConfig::default());
     assert_eq!(log.fencing_counter().unwrap(), FencingToken(3));
     let r = log.append(&DOC, vec![lock_grant("event:1")]).unwrap();
-    assert_eq!(r.results, vec![AppendResult::Granted(Seq(3), FencingToken(4))]);
+    assert_eq!(
+        r.results,
+        vec![AppendResult::Granted(Seq(3), FencingToken(4))]
+    );
 }
 
 fn snapshots_and_compaction(b: Backend) {
@@ -308,7 +381,8 @@ fn snapshots_and_compaction(b: Backend) {
     let mut w = Writer::new(1);
     // One append per change: each is its own page, so compaction can drop exactly up to 6.
     for i in 0..10 {
-        log.append(&DOC, vec![change_entry(&alice, w.put("k", i))]).unwrap();
+        log.append(&DOC, vec![change_entry(&alice, w.put("k", i))])
+            .unwrap();
     }
     assert_eq!(log.snapshot(&DOC).unwrap(), None);
     assert!(matches!(
@@ -316,7 +390,10 @@ fn snapshots_and_compaction(b: Backend) {
         LogError::BadSnapshotSeq { .. }
     ));
     let saved = w.doc.save();
-    log.put_snapshot(&DOC, Seq(6), saved.clone()).unwrap().wait().unwrap();
+    log.put_snapshot(&DOC, Seq(6), saved.clone())
+        .unwrap()
+        .wait()
+        .unwrap();
     let snap = log.snapshot(&DOC).unwrap().unwrap();
     assert_eq!(snap.seq, Seq(6));
     assert_eq!(snap.bytes, saved);
@@ -326,7 +403,10 @@ fn snapshots_and_compaction(b: Backend) {
     assert_eq!(log.compact(&DOC).unwrap(), 6);
     assert_eq!(
         log.read(&DOC, Seq(3), 10).unwrap_err(),
-        LogError::Compacted { doc: DOC, compacted_through: Seq(6) }
+        LogError::Compacted {
+            doc: DOC,
+            compacted_through: Seq(6)
+        }
     );
     // The tail still links to the snapshot's entry hash.
     let tail = log.read(&DOC, Seq(7), 10).unwrap();
@@ -346,13 +426,17 @@ fn snapshots_and_compaction(b: Backend) {
     assert_eq!(log.snapshot(&DOC).unwrap().unwrap().bytes, saved);
     assert_eq!(log.verify(&DOC).unwrap(), 4);
     // Compacting everything leaves the head on the snapshot, and appends continue the chain.
-    log.put_snapshot(&DOC, Seq(10), w.doc.save()).unwrap().wait().unwrap();
+    log.put_snapshot(&DOC, Seq(10), w.doc.save())
+        .unwrap()
+        .wait()
+        .unwrap();
     log.compact(&DOC).unwrap();
     drop(log);
     let log = b.open(LogConfig::default());
     let head = log.head(&DOC).unwrap();
     assert_eq!((head.compacted_through, head.last_seq), (Seq(10), Seq(10)));
-    log.append(&DOC, vec![change_entry(&alice, w.put("z", 1))]).unwrap();
+    log.append(&DOC, vec![change_entry(&alice, w.put("z", 1))])
+        .unwrap();
     let e = log.read(&DOC, Seq(11), 1).unwrap();
     assert_eq!(e[0].prev, log.snapshot(&DOC).unwrap().unwrap().entry_hash);
 }
@@ -364,20 +448,32 @@ fn snapshot_due_follows_the_size_and_count_rules(b: Backend) {
         ..LogConfig::default()
     };
     let log = b.open(config.clone());
-    let _ = log.create(DOC, Epoch(1)).unwrap();
+    drop(log.create(DOC, Epoch(1)).unwrap());
     let alice = user("alice");
     let mut w = Writer::new(1);
     assert!(!log.snapshot_due(&DOC).unwrap());
     for i in 0..4 {
-        log.append(&DOC, vec![change_entry(&alice, w.put("k", i))]).unwrap();
+        log.append(&DOC, vec![change_entry(&alice, w.put("k", i))])
+            .unwrap();
     }
     assert!(!log.snapshot_due(&DOC).unwrap());
-    log.append(&DOC, vec![change_entry(&alice, w.put("k", 9))]).unwrap();
-    assert!(log.snapshot_due(&DOC).unwrap(), "5 entries since the last snapshot");
-    log.put_snapshot(&DOC, Seq(5), w.doc.save()).unwrap().wait().unwrap();
+    log.append(&DOC, vec![change_entry(&alice, w.put("k", 9))])
+        .unwrap();
+    assert!(
+        log.snapshot_due(&DOC).unwrap(),
+        "5 entries since the last snapshot"
+    );
+    log.put_snapshot(&DOC, Seq(5), w.doc.save())
+        .unwrap()
+        .wait()
+        .unwrap();
     assert!(!log.snapshot_due(&DOC).unwrap());
     // Size rule: more change bytes than the snapshot (and the floor) since it.
-    log.append(&DOC, vec![change_entry(&alice, w.blob(2000))]).unwrap().durable.wait().unwrap();
+    log.append(&DOC, vec![change_entry(&alice, w.blob(2000))])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
     assert!(log.snapshot_due(&DOC).unwrap());
     // The counters are rebuilt after a reopen.
     drop(log);
@@ -387,29 +483,50 @@ fn snapshot_due_follows_the_size_and_count_rules(b: Backend) {
 
 fn tombstone_ends_the_stream(b: Backend) {
     let log = new_log(&b);
-    let tomb = NewEntry { at_ms: 1, author: user("a"), kind: EntryKind::Tombstone };
-    log.append(&DOC, vec![tomb.clone()]).unwrap().durable.wait().unwrap();
+    let tomb = NewEntry {
+        at_ms: 1,
+        author: user("a"),
+        kind: EntryKind::Tombstone,
+    };
+    log.append(&DOC, vec![tomb.clone()])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
     assert!(log.head(&DOC).unwrap().tombstoned);
-    assert_eq!(log.append(&DOC, vec![tomb.clone()]).unwrap_err(), LogError::Tombstoned(DOC));
+    assert_eq!(
+        log.append(&DOC, vec![tomb.clone()]).unwrap_err(),
+        LogError::Tombstoned(DOC)
+    );
     drop(log);
     let log = b.open(LogConfig::default());
     assert!(log.head(&DOC).unwrap().tombstoned);
-    assert_eq!(log.append(&DOC, vec![tomb]).unwrap_err(), LogError::Tombstoned(DOC));
+    assert_eq!(
+        log.append(&DOC, vec![tomb]).unwrap_err(),
+        LogError::Tombstoned(DOC)
+    );
 }
 
 fn everything_survives_reopen(b: Backend) {
     let log = new_log(&b);
     let alice = user("alice");
     let mut w = Writer::new(1);
-    let batch: Vec<_> = (0..50).map(|i| change_entry(&alice, w.put("k", i))).collect();
+    let batch: Vec<_> = (0..50)
+        .map(|i| change_entry(&alice, w.put("k", i)))
+        .collect();
     log.append(&DOC, batch).unwrap().durable.wait().unwrap();
     let before = log.read(&DOC, Seq(1), 100).unwrap();
     drop(log);
     let log = b.open(LogConfig::default());
     assert_eq!(log.read(&DOC, Seq(1), 100).unwrap(), before);
     assert_eq!(log.head(&DOC).unwrap().last_hash, before[49].hash);
-    assert_eq!(log.actor(&DOC, &[1; 16]).unwrap().unwrap().max_change_seq, 50);
-    let r = log.append(&DOC, vec![change_entry(&alice, w.put("k", 99))]).unwrap();
+    assert_eq!(
+        log.actor(&DOC, &[1; 16]).unwrap().unwrap().max_change_seq,
+        50
+    );
+    let r = log
+        .append(&DOC, vec![change_entry(&alice, w.put("k", 99))])
+        .unwrap();
     assert_eq!(r.results, vec![AppendResult::Appended(Seq(51))]);
 }
 
@@ -417,17 +534,20 @@ fn concurrent_appenders_share_flushes(b: Backend) {
     let log = b.open(LogConfig::default());
     let docs: Vec<DocId> = (0..8u8).map(|i| DocId::from_bytes([i + 100; 16])).collect();
     for d in &docs {
-        let _ = log.create(*d, Epoch(1)).unwrap();
+        drop(log.create(*d, Epoch(1)).unwrap());
     }
     std::thread::scope(|s| {
         for (t, doc) in docs.iter().enumerate() {
             for half in 0..2u8 {
                 let log = log.clone();
                 s.spawn(move || {
-                    let author = Author::user(converge_proto::UserId::new(format!("u{t}")).unwrap());
+                    let author =
+                        Author::user(converge_proto::UserId::new(format!("u{t}")).unwrap());
                     let mut w = Writer::new(t as u8 * 2 + half + 1);
                     for i in 0..50 {
-                        let r = log.append(doc, vec![change_entry(&author, w.put("k", i))]).unwrap();
+                        let r = log
+                            .append(doc, vec![change_entry(&author, w.put("k", i))])
+                            .unwrap();
                         r.durable.wait().unwrap();
                     }
                 });
@@ -443,14 +563,20 @@ fn concurrent_appenders_share_flushes(b: Backend) {
 
 fn buffered_mode_acknowledges_at_once(b: Backend) {
     let config = LogConfig {
-        durability: Durability::Buffered { every: std::time::Duration::from_millis(5) },
+        durability: Durability::Buffered {
+            every: std::time::Duration::from_millis(5),
+        },
         ..LogConfig::default()
     };
     let log = b.open(config.clone());
-    let _ = log.create(DOC, Epoch(1)).unwrap();
+    drop(log.create(DOC, Epoch(1)).unwrap());
     let mut w = Writer::new(1);
     for i in 0..20 {
-        log.append(&DOC, vec![change_entry(&user("a"), w.put("k", i))]).unwrap().durable.wait().unwrap();
+        log.append(&DOC, vec![change_entry(&user("a"), w.put("k", i))])
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
     }
     drop(log); // a clean close flushes
     let log = b.open(config);
@@ -460,7 +586,9 @@ fn buffered_mode_acknowledges_at_once(b: Backend) {
 fn verify_counts_the_chain(b: Backend) {
     let log = new_log(&b);
     let mut w = Writer::new(1);
-    let batch = (0..30).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
+    let batch = (0..30)
+        .map(|i| change_entry(&user("a"), w.put("k", i)))
+        .collect();
     log.append(&DOC, batch).unwrap();
     assert_eq!(log.verify(&DOC).unwrap(), 30);
 }
@@ -468,11 +596,18 @@ fn verify_counts_the_chain(b: Backend) {
 fn compaction_keeps_a_page_that_straddles_the_snapshot(b: Backend) {
     let log = new_log(&b);
     let mut w = Writer::new(1);
-    let first: Vec<_> = (0..4).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
-    let second: Vec<_> = (0..4).map(|i| change_entry(&user("a"), w.put("k", i))).collect();
+    let first: Vec<_> = (0..4)
+        .map(|i| change_entry(&user("a"), w.put("k", i)))
+        .collect();
+    let second: Vec<_> = (0..4)
+        .map(|i| change_entry(&user("a"), w.put("k", i)))
+        .collect();
     log.append(&DOC, first).unwrap();
     log.append(&DOC, second).unwrap();
-    log.put_snapshot(&DOC, Seq(6), vec![1, 2, 3]).unwrap().wait().unwrap();
+    log.put_snapshot(&DOC, Seq(6), vec![1, 2, 3])
+        .unwrap()
+        .wait()
+        .unwrap();
     // Entries 1-4 were appended together and go together; 5-8 straddle the snapshot and stay.
     assert_eq!(log.compact(&DOC).unwrap(), 4);
     let head = log.head(&DOC).unwrap();
@@ -485,15 +620,19 @@ fn compaction_keeps_a_page_that_straddles_the_snapshot(b: Backend) {
 fn memory_crash_loses_only_unflushed_appends() {
     let storage = converge_log::MemStorage::new();
     let config = LogConfig {
-        durability: Durability::Buffered { every: std::time::Duration::from_secs(3600) },
+        durability: Durability::Buffered {
+            every: std::time::Duration::from_secs(3600),
+        },
         ..LogConfig::default()
     };
     let log = converge_log::Log::open_in_memory(&storage, config.clone()).unwrap();
-    let _ = log.create(DOC, Epoch(1)).unwrap();
+    drop(log.create(DOC, Epoch(1)).unwrap());
     let mut w = Writer::new(1);
-    log.append(&DOC, vec![change_entry(&user("a"), w.put("k", 1))]).unwrap();
+    log.append(&DOC, vec![change_entry(&user("a"), w.put("k", 1))])
+        .unwrap();
     log.flush().unwrap();
-    log.append(&DOC, vec![change_entry(&user("a"), w.put("k", 2))]).unwrap();
+    log.append(&DOC, vec![change_entry(&user("a"), w.put("k", 2))])
+        .unwrap();
     storage.crash();
     std::mem::forget(log); // the process "died": no clean close
     let log = converge_log::Log::open_in_memory(&storage, config).unwrap();
@@ -507,5 +646,11 @@ fn unknown_format_version_is_refused() {
     drop(converge_log::Log::open_in_memory(&storage, LogConfig::default()).unwrap());
     storage.overwrite_raw(b"Fformat", 99u32.to_be_bytes().to_vec());
     let err = converge_log::Log::open_in_memory(&storage, LogConfig::default()).unwrap_err();
-    assert_eq!(err, LogError::UnsupportedFormat { found: 99, supported: converge_log::FORMAT_VERSION });
+    assert_eq!(
+        err,
+        LogError::UnsupportedFormat {
+            found: 99,
+            supported: converge_log::FORMAT_VERSION
+        }
+    );
 }

@@ -13,7 +13,11 @@ use converge_proto::Seq;
 
 fn title(store: &DocStore, id: &converge_proto::DocId) -> Option<String> {
     store
-        .read(id, |d| d.get(ROOT, "title").unwrap().map(|(v, _)| v.as_str().unwrap_or("").to_string()))
+        .read(id, |d| {
+            d.get(ROOT, "title")
+                .unwrap()
+                .map(|(v, _)| v.as_str().unwrap_or("").to_string())
+        })
         .unwrap()
 }
 
@@ -23,10 +27,14 @@ fn local_changes_survive_a_restart() {
     let me = user("alice");
     let id = {
         let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
-        let (id, d) = store.create(&me, 1, |doc| doc.put(ROOT, "title", "one")).unwrap();
+        let (id, d) = store
+            .create(&me, 1, |doc| doc.put(ROOT, "title", "one"))
+            .unwrap();
         d.wait().unwrap();
         for t in ["two", "three"] {
-            let (_, a) = store.change(&id, &me, 2, |doc| doc.put(ROOT, "title", t).unwrap()).unwrap();
+            let (_, a) = store
+                .change(&id, &me, 2, |doc| doc.put(ROOT, "title", t).unwrap())
+                .unwrap();
             a.unwrap().durable.wait().unwrap();
         }
         // A closure that changes nothing appends nothing.
@@ -39,7 +47,14 @@ fn local_changes_survive_a_restart() {
     let store = DocStore::new(log, StoreConfig::default());
     assert_eq!(title(&store, &id).as_deref(), Some("three"));
     assert_eq!(
-        store.load_at(&id, Seq(1)).unwrap().get(ROOT, "title").unwrap().unwrap().0.as_str(),
+        store
+            .load_at(&id, Seq(1))
+            .unwrap()
+            .get(ROOT, "title")
+            .unwrap()
+            .unwrap()
+            .0
+            .as_str(),
         Some("one")
     );
     assert!(store.load_at(&id, Seq(9)).is_err());
@@ -50,7 +65,9 @@ fn remote_changes_are_logged_at_once_and_applied_lazily_in_one_go() {
     let backend = Backend::mem();
     let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
     let me = user("alice");
-    let (id, _) = store.create(&me, 1, |doc| doc.put(ROOT, "title", "start")).unwrap();
+    let (id, _) = store
+        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
+        .unwrap();
     let mut remote = Writer::new(7);
     let bob = user("bob");
     // Bob's replica starts from the same document.
@@ -58,15 +75,35 @@ fn remote_changes_are_logged_at_once_and_applied_lazily_in_one_go() {
     remote.doc.load_incremental(&base).unwrap();
     for i in 0..3 {
         let c = remote.put("count", i);
-        store.apply_remote(&id, &bob, 2, vec![c]).unwrap().durable.wait().unwrap();
+        store
+            .apply_remote(&id, &bob, 2, vec![c])
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
     }
-    assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(4), "logged at once");
-    assert_eq!(store.pending_entries(&id).unwrap(), Some(3), "not applied yet");
-    let count = store.read(&id, |d| d.get(ROOT, "count").unwrap().unwrap().0.as_i64()).unwrap();
+    assert_eq!(
+        store.log().head(&id).unwrap().last_seq,
+        Seq(4),
+        "logged at once"
+    );
+    assert_eq!(
+        store.pending_entries(&id).unwrap(),
+        Some(3),
+        "not applied yet"
+    );
+    let count = store
+        .read(&id, |d| d.get(ROOT, "count").unwrap().unwrap().0.as_i64())
+        .unwrap();
     assert_eq!(count, Some(2));
     assert_eq!(store.pending_entries(&id).unwrap(), Some(0));
     // Re-sending the same changes is idempotent.
-    let again = remote.doc.get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()).collect();
+    let again = remote
+        .doc
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
     store.apply_remote(&id, &bob, 3, again).unwrap();
     assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(4));
 }
@@ -74,12 +111,19 @@ fn remote_changes_are_logged_at_once_and_applied_lazily_in_one_go() {
 #[test]
 fn idle_documents_are_evicted_and_reloaded() {
     let backend = Backend::sled();
-    let config = StoreConfig { memory_budget_bytes: 1, ..StoreConfig::default() };
+    let config = StoreConfig {
+        memory_budget_bytes: 1,
+        ..StoreConfig::default()
+    };
     let store = DocStore::new(backend.open(LogConfig::default()), config);
     let me = user("alice");
     let (a, _) = store.create(&me, 1, |d| d.put(ROOT, "title", "A")).unwrap();
     let (b, _) = store.create(&me, 1, |d| d.put(ROOT, "title", "B")).unwrap();
-    assert_eq!(store.loaded(), vec![b], "the budget holds one document at most");
+    assert_eq!(
+        store.loaded(),
+        vec![b],
+        "the budget holds one document at most"
+    );
     assert_eq!(title(&store, &a).as_deref(), Some("A"));
     assert_eq!(store.loaded(), vec![a]);
     assert_eq!(title(&store, &b).as_deref(), Some("B"));
@@ -95,13 +139,19 @@ fn idle_documents_are_evicted_and_reloaded() {
 #[test]
 fn snapshots_and_compaction_keep_the_document_whole() {
     let backend = Backend::sled();
-    let config = LogConfig { snapshot_every_entries: 10, compact_on_snapshot: true, ..LogConfig::default() };
+    let config = LogConfig {
+        snapshot_every_entries: 10,
+        compact_on_snapshot: true,
+        ..LogConfig::default()
+    };
     let store = DocStore::new(backend.open(config.clone()), StoreConfig::default());
     let me = user("alice");
     let (id, _) = store.create(&me, 1, |d| d.put(ROOT, "n", 0)).unwrap();
     let mut snapshots = 0;
     for i in 1..=25 {
-        store.change(&id, &me, 2, |d| d.put(ROOT, "n", i).unwrap()).unwrap();
+        store
+            .change(&id, &me, 2, |d| d.put(ROOT, "n", i).unwrap())
+            .unwrap();
         if store.snapshot_if_due(&id).unwrap() {
             snapshots += 1;
         }
@@ -112,9 +162,14 @@ fn snapshots_and_compaction_keep_the_document_whole() {
     assert_eq!(head.compacted_through, Seq(20));
     drop(store);
     let store = DocStore::new(backend.open(config), StoreConfig::default());
-    let n = store.read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64()).unwrap();
+    let n = store
+        .read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64())
+        .unwrap();
     assert_eq!(n, Some(25));
-    assert!(store.load_at(&id, Seq(3)).is_err(), "compacted history is gone");
+    assert!(
+        store.load_at(&id, Seq(3)).is_err(),
+        "compacted history is gone"
+    );
     assert!(store.load_at(&id, Seq(22)).is_ok());
 }
 
@@ -128,18 +183,27 @@ fn no_snapshot_while_changes_wait_for_their_dependencies() {
     let first = w.put("a", 1);
     let second = w.put("a", 2);
     // The second change arrives first: automerge queues it until its dependency is there.
-    store.apply_remote(&id, &user("bob"), 1, vec![second]).unwrap();
+    store
+        .apply_remote(&id, &user("bob"), 1, vec![second])
+        .unwrap();
     assert!(!store.snapshot(&id).unwrap());
-    store.apply_remote(&id, &user("bob"), 1, vec![first]).unwrap();
+    store
+        .apply_remote(&id, &user("bob"), 1, vec![first])
+        .unwrap();
     assert!(store.snapshot(&id).unwrap());
-    let a = store.read(&id, |d| d.get(ROOT, "a").unwrap().unwrap().0.as_i64()).unwrap();
+    let a = store
+        .read(&id, |d| d.get(ROOT, "a").unwrap().unwrap().0.as_i64())
+        .unwrap();
     assert_eq!(a, Some(2));
 }
 
 #[tokio::test]
 async fn async_callers_run_store_work_on_blocking_threads() {
     let backend = Backend::mem();
-    let store = Arc::new(DocStore::new(backend.open(LogConfig::default()), StoreConfig::default()));
+    let store = Arc::new(DocStore::new(
+        backend.open(LogConfig::default()),
+        StoreConfig::default(),
+    ));
     let me = user("alice");
     let (id, durable) = store
         .blocking(move |s| s.create(&me, 1, |d| d.put(ROOT, "title", "async")).unwrap())
@@ -153,20 +217,27 @@ async fn async_callers_run_store_work_on_blocking_threads() {
 #[test]
 fn held_back_local_changes_are_logged_in_groups_and_on_demand() {
     let backend = Backend::sled();
-    let config = StoreConfig { local_batch: 4, ..StoreConfig::default() };
+    let config = StoreConfig {
+        local_batch: 4,
+        ..StoreConfig::default()
+    };
     let store = DocStore::new(backend.open(LogConfig::default()), config);
     let me = user("alice");
     let (id, _) = store.create(&me, 1, |d| d.put(ROOT, "n", 0)).unwrap();
     let mut appended = Vec::new();
     for i in 1..=10 {
-        let (_, a) = store.change(&id, &me, 2, |d| d.put(ROOT, "n", i).unwrap()).unwrap();
+        let (_, a) = store
+            .change(&id, &me, 2, |d| d.put(ROOT, "n", i).unwrap())
+            .unwrap();
         appended.extend(a);
     }
     assert_eq!(appended.len(), 2, "two full groups of four");
     assert_eq!(appended[0].results.len(), 4);
     assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(9));
     // Reads see held-back changes; the log gets them on demand, one entry per change.
-    let n = store.read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64()).unwrap();
+    let n = store
+        .read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64())
+        .unwrap();
     assert_eq!(n, Some(10));
     let rest = store.flush_local(&id).unwrap().unwrap();
     assert_eq!(rest.results.len(), 2);
@@ -175,13 +246,22 @@ fn held_back_local_changes_are_logged_in_groups_and_on_demand() {
     assert!(store.flush_local(&id).unwrap().is_none());
     // Remote changes arriving in between do not get logged twice.
     let mut remote = Writer::new(8);
-    remote.doc.load_incremental(&store.read(&id, |d| d.save()).unwrap()).unwrap();
-    store.apply_remote(&id, &user("bob"), 3, vec![remote.put("r", 1)]).unwrap();
-    store.change(&id, &me, 4, |d| d.put(ROOT, "n", 11).unwrap()).unwrap();
+    remote
+        .doc
+        .load_incremental(&store.read(&id, |d| d.save()).unwrap())
+        .unwrap();
+    store
+        .apply_remote(&id, &user("bob"), 3, vec![remote.put("r", 1)])
+        .unwrap();
+    store
+        .change(&id, &me, 4, |d| d.put(ROOT, "n", 11).unwrap())
+        .unwrap();
     drop(store); // logs the held-back change
     let log = backend.open(LogConfig::default());
     assert_eq!(log.head(&id).unwrap().last_seq, Seq(13));
     let store = DocStore::new(log, StoreConfig::default());
-    let n = store.read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64()).unwrap();
+    let n = store
+        .read(&id, |d| d.get(ROOT, "n").unwrap().unwrap().0.as_i64())
+        .unwrap();
     assert_eq!(n, Some(11));
 }

@@ -43,6 +43,8 @@ pub struct Notification {
 impl Inbox {
     /// Unread notifications.
     pub fn unread(&self) -> impl Iterator<Item = (&String, &Notification)> {
-        self.notifications.iter().filter(|(_, n)| n.read_at.is_none())
+        self.notifications
+            .iter()
+            .filter(|(_, n)| n.read_at.is_none())
     }
 }

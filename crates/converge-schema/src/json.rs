@@ -21,7 +21,10 @@ fn object_to_json(doc: &impl ReadDoc, obj: &ObjId, t: ObjType) -> Json {
         ObjType::Map | ObjType::Table => {
             let mut m = Map::new();
             for item in doc.map_range(obj, ..) {
-                m.insert(item.key.to_string(), value_to_json(doc, &item.value.clone().into_value(), &item.id()));
+                m.insert(
+                    item.key.to_string(),
+                    value_to_json(doc, &item.value.clone().into_value(), &item.id()),
+                );
             }
             Json::Object(m)
         }

@@ -15,8 +15,14 @@ fn fork(doc: &mut AutoCommit, actor: u8) -> AutoCommit {
 
 fn sample() -> Schedule {
     let mut s = Schedule::new("Ward 3", "Europe/Paris");
-    s.resources.insert("bed-1".into(), Resource { name: "Bed 1".into() });
-    s.events.insert("e1".into(), Event::new("Night", "bed-1", 0, 1000));
+    s.resources.insert(
+        "bed-1".into(),
+        Resource {
+            name: "Bed 1".into(),
+        },
+    );
+    s.events
+        .insert("e1".into(), Event::new("Night", "bed-1", 0, 1000));
     s
 }
 
@@ -48,8 +54,12 @@ fn concurrent_scalar_writes_are_listed_and_resolved() -> anyhow::Result<()> {
     let mut a = AutoCommit::new().with_actor(ActorId::from(vec![1; 16]));
     create(&mut a, &sample())?;
     let mut b = fork(&mut a, 2);
-    update(&mut a, |s: &mut Schedule| s.events.get_mut("e1").unwrap().start = 100)?;
-    update(&mut b, |s: &mut Schedule| s.events.get_mut("e1").unwrap().start = 200)?;
+    update(&mut a, |s: &mut Schedule| {
+        s.events.get_mut("e1").unwrap().start = 100
+    })?;
+    update(&mut b, |s: &mut Schedule| {
+        s.events.get_mut("e1").unwrap().start = 200
+    })?;
     a.merge(&mut b)?;
     let path: Vec<PathSegment> = vec!["events".into(), "e1".into(), "start".into()];
     let mut values = conflicts(&a, &path)?;
@@ -73,10 +83,19 @@ fn concurrent_scalar_writes_are_listed_and_resolved() -> anyhow::Result<()> {
 #[test]
 fn every_kind_round_trips_through_a_document() -> anyhow::Result<()> {
     let mut dash = Dashboard::new("Ops");
-    dash.layout.push(WidgetRef { widget: "w1".into(), x: 0, y: 0, w: 4, h: 2 });
+    dash.layout.push(WidgetRef {
+        widget: "w1".into(),
+        x: 0,
+        y: 0,
+        w: 4,
+        h: 2,
+    });
     let mut widget = Widget::new("line-chart", "Load");
     widget.config.insert("color".into(), "red".into());
-    widget.data.push(DataPoint { label: "mon".into(), value: 1.5 });
+    widget.data.push(DataPoint {
+        label: "mon".into(),
+        value: 1.5,
+    });
     let mut inbox = Inbox::default();
     inbox.notifications.insert(
         "n1".into(),
@@ -122,19 +141,35 @@ fn invalid_json_is_refused_with_a_typed_error() {
     for (kind, json) in [
         (DocKind::Schedule, "{not json"),
         (DocKind::Schedule, r#"{"title":"x"}"#),
-        (DocKind::Schedule, r#"{"title":"x","timezone":"UTC","bogus":1}"#),
-        (DocKind::Schedule, r#"{"title":"x","timezone":"UTC","events":{"e":{"title":"t","resource":"r","start":10,"end":5}}}"#),
+        (
+            DocKind::Schedule,
+            r#"{"title":"x","timezone":"UTC","bogus":1}"#,
+        ),
+        (
+            DocKind::Schedule,
+            r#"{"title":"x","timezone":"UTC","events":{"e":{"title":"t","resource":"r","start":10,"end":5}}}"#,
+        ),
         (DocKind::Dashboard, r#"{"title":5}"#),
         (DocKind::Widget, r#"[]"#),
     ] {
         let err = kind.parse_json(json).unwrap_err();
         assert!(matches!(err, SchemaError::Json { .. }), "{json}: {err:?}");
     }
-    assert!(matches!("calendar".parse::<DocKind>(), Err(SchemaError::UnknownKind(_))));
+    assert!(matches!(
+        "calendar".parse::<DocKind>(),
+        Err(SchemaError::UnknownKind(_))
+    ));
 }
 
 fn arb_event() -> impl Strategy<Value = Event> {
-    ("[ -~]{0,20}", "[a-z]{1,5}", 0i64..1_000_000, 1i64..100_000, proptest::collection::vec("[a-z]{1,6}", 0..3), "[ -~]{0,30}")
+    (
+        "[ -~]{0,20}",
+        "[a-z]{1,5}",
+        0i64..1_000_000,
+        1i64..100_000,
+        proptest::collection::vec("[a-z]{1,6}", 0..3),
+        "[ -~]{0,30}",
+    )
         .prop_map(|(title, resource, start, len, attendees, notes)| {
             let mut e = Event::new(&title, &resource, start, start + len);
             e.attendees = attendees;

@@ -15,12 +15,16 @@ fn main() -> anyhow::Result<()> {
         // The log is the source of truth; the store materializes documents from it.
         let log = Arc::new(SledLog::open(dir.path(), LogConfig::default())?);
         let store = DocStore::new(log, StoreConfig::default());
-        let (id, created) =
-            store.create(&me, 0, |doc| create(doc, &Schedule::new("Ward 3", "Europe/Paris")))?;
+        let (id, created) = store.create(&me, 0, |doc| {
+            create(doc, &Schedule::new("Ward 3", "Europe/Paris"))
+        })?;
         created.wait()?; // durable (fsync) before we say it exists
         let (_, appended) = store.change(&id, &me, 1, |doc| {
             update(doc, |s: &mut Schedule| {
-                s.events.insert("e1".into(), Event::new("Night shift", "bed-1", 0, 3_600_000));
+                s.events.insert(
+                    "e1".into(),
+                    Event::new("Night shift", "bed-1", 0, 3_600_000),
+                );
             })
         })?;
         if let Some(a) = appended {
@@ -33,7 +37,11 @@ fn main() -> anyhow::Result<()> {
     let log = Arc::new(SledLog::open(dir.path(), LogConfig::default())?);
     println!("{} entries in {id}", log.head(&id)?.last_seq);
     let store = DocStore::new(log, StoreConfig::default());
-    let schedule: Schedule = store.read(&id, |doc| read(doc))??;
-    println!("{}: {} event(s)", schedule.title.as_str(), schedule.events.len());
+    let schedule: Schedule = store.read(&id, read)??;
+    println!(
+        "{}: {} event(s)",
+        schedule.title.as_str(),
+        schedule.events.len()
+    );
     Ok(())
 }

@@ -51,7 +51,8 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
     }
     Ok(())
 }
