@@ -58,6 +58,12 @@ enum Command {
         #[command(flatten)]
         data: DataDir,
     },
+    /// Snapshots every document, drops the entries the snapshots cover (history before them
+    /// is gone), and rewrites the store to give the space back. Run it with the server stopped.
+    Compact {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 fn parse_kind(s: &str) -> Result<DocKind, String> {
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Command::Replay { doc, at, data } => replay(&doc, at, &data.data),
         Command::Verify { data } => verify(&data.data),
         Command::Inspect { data } => inspect(&data.data),
+        Command::Compact { data } => compact(&data.data),
     };
     match result {
         Ok(code) => code,
@@ -206,5 +213,32 @@ fn inspect(dir: &Path) -> anyhow::Result<ExitCode> {
         docs.len(),
         log.size_on_disk()?
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact(dir: &Path) -> anyhow::Result<ExitCode> {
+    let dropped = {
+        let log = open_existing(dir)?;
+        let store = DocStore::new(log.clone(), StoreConfig::default());
+        let docs = log.docs()?;
+        let bar = ProgressBar::new(docs.len() as u64).with_style(
+            ProgressStyle::with_template("compacting {bar:40} {pos}/{len} documents")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut dropped = 0;
+        for doc in &docs {
+            if log.head(doc)?.last_seq > Seq(0) {
+                store.snapshot(doc)?;
+                dropped += log.compact(doc)?;
+                store.evict(doc);
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        log.flush()?;
+        dropped
+    };
+    let (before, after) = Log::vacuum(dir)?;
+    println!("dropped {dropped} entries; {before} bytes on disk before, {after} after");
     Ok(ExitCode::SUCCESS)
 }

@@ -53,6 +53,19 @@ fn import_then_replay_verify_and_inspect() {
     let out = converge(&["inspect"], &data);
     assert!(out.status.success());
     assert!(stdout(&out).contains(&id));
+
+    let out = converge(&["compact"], &data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("dropped 1 entries"),
+        "{}",
+        stdout(&out)
+    );
+    let out = converge(&["replay", &id], &data);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["events"]["e1"]["notes"], "bring charts");
+    assert!(converge(&["verify"], &data).status.success());
 }
 
 #[test]

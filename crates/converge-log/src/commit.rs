@@ -1,20 +1,24 @@
 //! Group commit: appends from every task share one flush.
 //!
-//! An append applies its batch to the store, then asks the committer for a [`Durable`] ticket.
-//! In `Fsync` mode a single flusher thread takes every ticket asked for so far, flushes once,
-//! and resolves them all; appends that arrive during that flush ride the next one. So a flush
-//! covers every batch whose ticket it resolves (each batch was applied before its ticket was
-//! taken), and throughput grows with the number of concurrent appenders.
+//! An append applies its batch to the store, then takes a [`Durable`] ticket naming the next
+//! flush to *start*. A single flusher thread runs flushes back to back while tickets wait: all
+//! appends waiting when a flush starts share it, and appends arriving during it share the next.
+//! A flush covers every batch applied before it started, so a ticket resolves when the flush
+//! it names has completed. Waiters are released together (one condvar broadcast for threads,
+//! one wake per async task), not one by one.
+//!
 //! In `Buffered` mode tickets resolve at once and the thread flushes on a timer.
+//!
+//! A failed flush poisons the committer: every waiting and later ticket fails. After an fsync
+//! error the kernel may have dropped the dirty pages, so retrying could report success for
+//! data that is gone; the log must be reopened (which recovers from what is on disk).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use tokio::sync::oneshot;
 
 use crate::error::LogError;
 use crate::kv::Kv;
@@ -30,20 +34,36 @@ pub enum Durability {
     Buffered { every: Duration },
 }
 
-type Waiter = oneshot::Sender<Result<(), LogError>>;
-
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct State {
-    waiters: Vec<Waiter>,
-    closed: bool,
-    /// The flusher is parked on the condvar. While it is busy flushing it looks at the
-    /// waiters again before parking, so appends skip the wake-up syscall.
+    /// Flushes started so far; a ticket taken now waits for flush number `started + 1`.
+    started: u64,
+    /// Flushes completed so far.
+    completed: u64,
+    /// A ticket is waiting for a flush that has not started.
+    wanted: bool,
+    /// The flusher is parked; only then does a new ticket need to wake it.
     idle: bool,
+    closed: bool,
+    /// Set by the first failed flush; every ticket fails from then on.
+    poisoned: Option<LogError>,
+    /// Async tasks waiting for a flush to complete.
+    wakers: Vec<Waker>,
 }
 
+#[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
-    wake: Condvar,
+    /// Wakes the flusher.
+    work: Condvar,
+    /// Wakes threads blocked in [`Durable::wait`].
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Owns the flusher thread.
@@ -56,10 +76,7 @@ pub(crate) struct Committer {
 
 impl Committer {
     pub(crate) fn start(kv: Arc<dyn Kv>, durability: Durability) -> Result<Self, LogError> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            wake: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::default());
         let thread = {
             let shared = shared.clone();
             let kv = kv.clone();
@@ -81,18 +98,24 @@ impl Committer {
         match self.durability {
             Durability::Buffered { .. } => Durable::ready(),
             Durability::Fsync => {
-                let (tx, rx) = oneshot::channel();
-                let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = self.shared.lock();
                 if st.closed {
                     return Durable::failed(LogError::Closed);
                 }
-                st.waiters.push(tx);
+                if let Some(e) = &st.poisoned {
+                    return Durable::failed(e.clone());
+                }
+                st.wanted = true;
+                let target = st.started + 1;
                 let idle = st.idle;
                 drop(st);
                 if idle {
-                    self.shared.wake.notify_one();
+                    self.shared.work.notify_one();
                 }
-                Durable(Inner::Waiting(rx))
+                Durable(Inner::Waiting {
+                    target,
+                    shared: self.shared.clone(),
+                })
             }
         }
     }
@@ -105,11 +128,8 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        {
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.closed = true;
-        }
-        self.shared.wake.notify_all();
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -122,38 +142,56 @@ impl Drop for Committer {
 
 fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
     loop {
-        let (waiters, closed) = {
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (number, closed) = {
+            let mut st = shared.lock();
             match durability {
                 Durability::Fsync => {
-                    while st.waiters.is_empty() && !st.closed {
+                    while !st.wanted && !st.closed {
                         st.idle = true;
-                        st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                        st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
                     }
                     st.idle = false;
                 }
                 Durability::Buffered { every } => {
                     if !st.closed {
                         st = shared
-                            .wake
+                            .work
                             .wait_timeout(st, every.max(Duration::from_millis(1)))
                             .unwrap_or_else(|e| e.into_inner())
                             .0;
                     }
                 }
             }
-            (std::mem::take(&mut st.waiters), st.closed)
+            st.wanted = false;
+            st.started += 1;
+            (st.started, st.closed)
         };
-        if !waiters.is_empty() || matches!(durability, Durability::Buffered { .. }) {
-            let result = kv.flush();
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "group commit flush failed");
+        let result = kv.flush();
+        let wakers = {
+            let mut st = shared.lock();
+            match result {
+                Ok(()) => st.completed = number,
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit flush failed; the log is poisoned");
+                    st.poisoned.get_or_insert(e);
+                }
             }
-            for w in waiters {
-                let _ = w.send(result.clone());
-            }
+            std::mem::take(&mut st.wakers)
+        };
+        shared.done.notify_all();
+        for w in wakers {
+            w.wake();
         }
         if closed {
+            // Tickets taken after the last flush started fail with Closed when they look.
+            let mut st = shared.lock();
+            st.poisoned.get_or_insert(LogError::Closed);
+            let wakers = std::mem::take(&mut st.wakers);
+            drop(st);
+            shared.done.notify_all();
+            for w in wakers {
+                w.wake();
+            }
             return;
         }
     }
@@ -170,7 +208,16 @@ pub struct Durable(Inner);
 #[derive(Debug)]
 enum Inner {
     Done(Option<Result<(), LogError>>),
-    Waiting(oneshot::Receiver<Result<(), LogError>>),
+    Waiting { target: u64, shared: Arc<Shared> },
+}
+
+/// The outcome for a ticket waiting for flush `target`, if known yet.
+fn outcome(st: &State, target: u64) -> Option<Result<(), LogError>> {
+    if st.completed >= target {
+        Some(Ok(()))
+    } else {
+        st.poisoned.clone().map(Err)
+    }
 }
 
 impl Durable {
@@ -186,7 +233,15 @@ impl Durable {
     pub fn wait(self) -> Result<(), LogError> {
         match self.0 {
             Inner::Done(r) => r.unwrap_or(Ok(())),
-            Inner::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(LogError::Closed)),
+            Inner::Waiting { target, shared } => {
+                let mut st = shared.lock();
+                loop {
+                    if let Some(r) = outcome(&st, target) {
+                        return r;
+                    }
+                    st = shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            }
         }
     }
 }
@@ -197,9 +252,16 @@ impl Future for Durable {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
             Inner::Done(r) => Poll::Ready(r.take().unwrap_or(Ok(()))),
-            Inner::Waiting(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(LogError::Closed))),
+            Inner::Waiting { target, shared } => {
+                let mut st = shared.lock();
+                match outcome(&st, *target) {
+                    Some(r) => Poll::Ready(r),
+                    None => {
+                        st.wakers.push(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
         }
     }
 }

@@ -72,6 +72,28 @@ impl SledKv {
     }
 }
 
+impl SledKv {
+    /// Copies every record into `other` in large atomic batches, then flushes it.
+    pub(crate) fn copy_into(&self, other: &SledKv) -> Result<u64, LogError> {
+        let mut copied = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0usize;
+        for item in self.db.iter() {
+            let (k, v) = item?;
+            batch.insert(k, v);
+            in_batch += 1;
+            copied += 1;
+            if in_batch == 10_000 {
+                other.db.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+        other.db.apply_batch(batch)?;
+        other.db.flush()?;
+        Ok(copied)
+    }
+}
+
 impl Kv for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))

@@ -109,8 +109,40 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Log {
     /// Opens (or creates) a log in `dir` on sled.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
+        finish_vacuum(dir.as_ref())?;
         let kv = Staged::new(SledKv::open(dir.as_ref())?, STAGE_BYTES);
         Self::open_on(Arc::new(kv), config, "sled")
+    }
+
+    /// Rewrites the closed log in `dir` into a fresh sled database holding only its live
+    /// records, and returns the bytes on disk before and after.
+    ///
+    /// sled reuses the space of deleted records but never returns it to the file system, so
+    /// after a compaction the files keep their size; this gives it back. The log must not be
+    /// open (sled refuses a second opener). Crash-safe: the copy is built beside `dir` and marked
+    /// complete before it replaces `dir`; an interrupted swap is finished by the next open.
+    pub fn vacuum(dir: impl AsRef<Path>) -> Result<(u64, u64), LogError> {
+        let dir = dir.as_ref();
+        finish_vacuum(dir)?;
+        if !dir.is_dir() {
+            return Err(LogError::NotALog(format!("no log at {}", dir.display())));
+        }
+        let (copy, done, old_dir) = vacuum_paths(dir);
+        let io = |what: &str, e: std::io::Error| LogError::Storage(format!("vacuum: {what}: {e}"));
+        if copy.exists() {
+            std::fs::remove_dir_all(&copy).map_err(|e| io("removing an old copy", e))?;
+        }
+        let (before, after) = {
+            let old = SledKv::open(dir)?;
+            check_format(&old)?;
+            let new = SledKv::open(&copy)?;
+            old.copy_into(&new)?;
+            (old.size_on_disk()?, new.size_on_disk()?)
+        };
+        std::fs::write(&done, b"complete").map_err(|e| io("marking the copy complete", e))?;
+        std::fs::rename(dir, &old_dir).map_err(|e| io("moving the old log aside", e))?;
+        finish_vacuum(dir)?;
+        Ok((before, after))
     }
 
     /// Opens a log on memory. Opening again on the same storage is a reboot.
@@ -522,6 +554,36 @@ impl Log {
             durable: self.committer.ticket(),
         })
     }
+}
+
+/// `<dir>.vacuum` (the copy), its completion marker, and `<dir>.vacuum-old` (the old log).
+fn vacuum_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut base = dir.as_os_str().to_owned();
+    base.push(".vacuum");
+    let copy = std::path::PathBuf::from(base);
+    let done = copy.with_extension("vacuum-complete");
+    let old = copy.with_extension("vacuum-old");
+    (copy, done, old)
+}
+
+/// Finishes a vacuum that was interrupted: once the copy is marked complete, it replaces the
+/// log (the old log may already have been moved aside), and the leftovers are removed.
+fn finish_vacuum(dir: &Path) -> Result<(), LogError> {
+    let (copy, done, old) = vacuum_paths(dir);
+    let io = |what: &str, e: std::io::Error| LogError::Storage(format!("vacuum: {what}: {e}"));
+    if done.exists() {
+        if dir.exists() && !old.exists() {
+            std::fs::rename(dir, &old).map_err(|e| io("moving the old log aside", e))?;
+        }
+        if copy.exists() {
+            std::fs::rename(&copy, dir).map_err(|e| io("moving the copy in place", e))?;
+        }
+        std::fs::remove_file(&done).map_err(|e| io("removing the marker", e))?;
+    }
+    if old.exists() && dir.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io("removing the old log", e))?;
+    }
+    Ok(())
 }
 
 /// Checks (or, for an empty store, writes) the on-disk format version.

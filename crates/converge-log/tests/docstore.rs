@@ -265,3 +265,43 @@ fn held_back_local_changes_are_logged_in_groups_and_on_demand() {
         .unwrap();
     assert_eq!(n, Some(11));
 }
+
+#[test]
+fn vacuum_gives_back_the_space_of_compacted_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let config = LogConfig {
+        compact_on_snapshot: true,
+        ..LogConfig::default()
+    };
+    let id = {
+        let log: Arc<converge_log::Log> =
+            Arc::new(converge_log::SledLog::open(&path, config.clone()).unwrap());
+        let store = DocStore::new(log.clone(), StoreConfig::default());
+        let me = user("alice");
+        let (id, _) = store.create(&me, 1, |d| d.put(ROOT, "n", 0)).unwrap();
+        for i in 0..2000 {
+            store
+                .change(&id, &me, 2, |d| {
+                    d.put(ROOT, "blob", "x".repeat(200 + i % 7)).unwrap()
+                })
+                .unwrap();
+        }
+        assert!(store.snapshot(&id).unwrap());
+        assert_eq!(log.head(&id).unwrap().compacted_through, Seq(2001));
+        id
+    };
+    let (before, after) = converge_log::Log::vacuum(&path).unwrap();
+    assert!(after < before, "{after} < {before}");
+    assert!(!dir.path().join("log.vacuum").exists());
+    assert!(!dir.path().join("log.vacuum-old").exists());
+    let log = Arc::new(converge_log::SledLog::open(&path, config).unwrap());
+    assert_eq!(log.head(&id).unwrap().last_seq, Seq(2001));
+    assert_eq!(log.verify(&id).unwrap(), 0);
+    let store = DocStore::new(log, StoreConfig::default());
+    let blob = store
+        .read(&id, |d| d.get(ROOT, "blob").unwrap().unwrap().0.to_string())
+        .unwrap();
+    assert!(blob.contains("xxx"));
+    assert!(converge_log::Log::vacuum(dir.path().join("nope")).is_err());
+}
