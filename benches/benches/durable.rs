@@ -53,6 +53,54 @@ fn run_appenders(
     start.elapsed()
 }
 
+/// The same load as tasks on a 2-thread tokio runtime (how the server will append): each task
+/// appends, then awaits its Durable, so no OS thread blocks per append.
+fn run_tasks(
+    rt: &tokio::runtime::Runtime,
+    log: &Arc<Log>,
+    changes: &Arc<Vec<Vec<u8>>>,
+    appenders: usize,
+    per: usize,
+    round: u64,
+) -> Duration {
+    let docs: Vec<DocId> = (0..appenders)
+        .map(|a| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&round.to_be_bytes());
+            id[8..16].copy_from_slice(&(a as u64).to_be_bytes());
+            let d = DocId::from_bytes(id);
+            drop(log.create(d, Epoch(1)).unwrap());
+            d
+        })
+        .collect();
+    log.flush().unwrap();
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = docs
+            .into_iter()
+            .map(|doc| {
+                let log = log.clone();
+                let changes = changes.clone();
+                tokio::spawn(async move {
+                    let author = Author::user(UserId::new("bench").unwrap());
+                    for c in changes.iter().take(per) {
+                        let e = NewEntry {
+                            at_ms: 1,
+                            author: author.clone(),
+                            kind: EntryKind::Change(c.clone()),
+                        };
+                        log.append(&doc, vec![e]).unwrap().durable.await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    start.elapsed()
+}
+
 fn durable(c: &mut Criterion) {
     let changes = Arc::new(sized_changes(SINGLE, 128));
     let dir = tempfile::tempdir().unwrap();
@@ -68,6 +116,21 @@ fn durable(c: &mut Criterion) {
                 .map(|_| {
                     round += 1;
                     run_appenders(&log, &changes, APPENDERS, PER_APPENDER, round)
+                })
+                .sum()
+        })
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    g.bench_function("converge_64_async_appenders", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round += 1;
+                    run_tasks(&rt, &log, &changes, APPENDERS, PER_APPENDER, round)
                 })
                 .sum()
         })
