@@ -1,5 +1,6 @@
-//! Arbitrary bytes stored as an entry below the log API: reading and verifying must report
-//! corruption (naming the seq), never panic.
+//! Arbitrary bytes stored as an entry page below the log API: reading and verifying must report
+//! corruption (naming a seq within the page), never panic. A page may frame several entries, so
+//! the named seq can be past 1 (found by this target: a page whose second length is cut short).
 #![no_main]
 
 use converge_log::{EventLog, Log, LogConfig, LogError, MemStorage};
@@ -19,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     storage.overwrite_raw(&key, data.to_vec());
     let Ok(log) = Log::open_in_memory(&storage, LogConfig::default()) else { return };
     match log.verify(&doc) {
-        Ok(_) | Err(LogError::Corrupt { seq: Seq(1), .. }) => {}
+        Ok(_) | Err(LogError::Corrupt { .. }) => {}
         Err(other) => panic!("unexpected error {other:?}"),
     }
     let _ = log.read(&doc, Seq(1), 10);

@@ -146,3 +146,21 @@ fn a_sled_database_that_is_not_a_log_is_refused() {
         LogError::NotALog(_)
     ));
 }
+
+/// Found by the stored_entry fuzz target: a page framing an empty entry and then a cut-short
+/// length. The earliest damaged entry (seq 1) is named, not the framing break after it.
+#[test]
+fn a_page_with_an_empty_entry_then_a_cut_length_names_the_first_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SledLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.create(DOC, Epoch(1)).unwrap().wait().unwrap();
+    }
+    let db = sled::open(dir.path()).unwrap();
+    db.insert(entry_key(&DOC, 1), &[0u8, 0, 0, 0, 0x81][..])
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let log = SledLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_names(&log.verify(&DOC).unwrap_err(), 1);
+}

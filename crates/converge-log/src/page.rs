@@ -10,6 +10,7 @@
 use converge_proto::limits::MAX_ENTRY_BYTES;
 use converge_proto::{DocId, Seq};
 
+use crate::entry::Entry;
 use crate::error::LogError;
 
 /// A page is closed once it holds this many entries...
@@ -49,12 +50,32 @@ impl PageWriter {
     }
 }
 
-/// Splits a page that starts at `first` into its entries' stored bytes.
+/// Splits a page that starts at `first` into its entries' stored bytes. When the framing
+/// breaks, the error names the earliest damaged seq: an entry framed before the break that
+/// does not open is reported rather than the break itself.
 pub(crate) fn split<'p>(
     doc: &DocId,
     first: Seq,
-    mut page: &'p [u8],
+    page: &'p [u8],
 ) -> Result<Vec<(Seq, &'p [u8])>, LogError> {
+    let (entries, broken) = frame(doc, first, page);
+    match broken {
+        None => Ok(entries),
+        Some(e) => {
+            for (seq, bytes) in &entries {
+                Entry::open(doc, *seq, bytes)?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The entries framed before any break, and the break.
+fn frame<'p>(
+    doc: &DocId,
+    first: Seq,
+    mut page: &'p [u8],
+) -> (Vec<(Seq, &'p [u8])>, Option<LogError>) {
     let mut out = Vec::new();
     let mut seq = first;
     while !page.is_empty() {
@@ -64,11 +85,11 @@ pub(crate) fn split<'p>(
             reason: reason.to_string(),
         };
         let Some((len, rest)) = page.split_first_chunk::<4>() else {
-            return Err(corrupt("page ends inside a length"));
+            return (out, Some(corrupt("page ends inside a length")));
         };
         let len = u32::from_le_bytes(*len) as usize;
         if len > MAX_ENTRY_BYTES + 32 || len > rest.len() {
-            return Err(corrupt("page ends inside an entry"));
+            return (out, Some(corrupt("page ends inside an entry")));
         }
         let (entry, rest) = rest.split_at(len);
         out.push((seq, entry));
@@ -76,13 +97,14 @@ pub(crate) fn split<'p>(
         seq = seq.next();
     }
     if out.is_empty() {
-        return Err(LogError::Corrupt {
+        let empty = LogError::Corrupt {
             doc: *doc,
             seq: first,
             reason: "empty page".into(),
-        });
+        };
+        return (out, Some(empty));
     }
-    Ok(out)
+    (out, None)
 }
 
 #[cfg(test)]
