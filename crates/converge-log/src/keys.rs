@@ -11,6 +11,7 @@ pub(crate) const HASH: u8 = b'H';
 pub(crate) const ACTOR: u8 = b'A';
 pub(crate) const MUTATION: u8 = b'M';
 pub(crate) const SNAPSHOT: u8 = b'S';
+pub(crate) const INDEX: u8 = b'I';
 
 pub(crate) fn doc_key(tag: u8, doc: &DocId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 16 + 32);

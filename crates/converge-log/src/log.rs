@@ -2,7 +2,7 @@
 //! on memory, so both pass the same conformance suite by construction of one algorithm, and
 //! differ only in where bytes live.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -81,12 +81,28 @@ struct DocState {
     since_snapshot: Option<(u64, u64)>,
     /// The actor index of this document, read from the store on first need and kept in step
     /// with every append (the store stays the source of truth; this saves a lookup per change).
-    actors: Option<HashMap<Vec<u8>, ActorRecord>>,
-    /// Change hash -> seq, built from the hash blocks on first need and kept in step after.
-    hashes: Option<HashMap<ChangeHash, Seq>>,
-    /// The hash block holding `last_seq`, read on first append and kept in step after.
-    tail_block: Option<Vec<u8>>,
+    /// The change-hash and actor indexes, loaded on first need and kept in step after.
+    index: Option<Index>,
 }
+
+/// A document's indexes in memory. The store holds a checkpoint of them (hash blocks, actor
+/// records, and `through`, the last seq they cover), written in the same batch as the entry
+/// that is `CHECKPOINT` entries past the previous one; entries after `through` are indexed from
+/// the pages when the index is loaded. So most appends write one key (their page), not three.
+#[derive(Debug, Default)]
+struct Index {
+    actors: HashMap<Vec<u8>, ActorRecord>,
+    hashes: HashMap<ChangeHash, Seq>,
+    /// Full contents of the hash blocks that hold entries after `through`, or that may still
+    /// grow (the block holding `through`).
+    open_blocks: BTreeMap<u64, Vec<u8>>,
+    /// Actors whose records changed after `through`.
+    dirty: HashSet<Vec<u8>>,
+    through: Seq,
+}
+
+/// The index is checkpointed at least every this many entries.
+const CHECKPOINT: u64 = 16;
 
 /// Entries per hash block (see `keys::hash_block`). Small, because sled rewrites a whole value
 /// when a block grows: 16 hashes (512 bytes) bound what one single-entry append rewrites.
@@ -272,82 +288,139 @@ impl Log {
         }
     }
 
-    /// The document's actor index, loaded on first need.
-    fn actors<'s>(
-        &self,
-        doc: &DocId,
-        st: &'s mut DocState,
-    ) -> Result<&'s mut HashMap<Vec<u8>, ActorRecord>, LogError> {
-        if st.actors.is_none() {
-            let prefix = keys::doc_key(keys::ACTOR, doc);
-            let mut map = HashMap::new();
-            for (key, value) in
-                self.kv
-                    .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
-            {
-                let record: ActorRecord =
-                    codec::decode(&value).map_err(|reason| LogError::CorruptRecord {
-                        record: format!("actor index of {doc}"),
-                        reason,
-                    })?;
-                map.insert(key[prefix.len()..].to_vec(), record);
-            }
-            st.actors = Some(map);
+    /// The document's indexes: the stored checkpoint, then every entry after it, indexed
+    /// from the pages.
+    fn index<'s>(&self, doc: &DocId, st: &'s mut DocState) -> Result<&'s mut Index, LogError> {
+        if st.index.is_none() {
+            st.index = Some(self.load_index(doc, st.last_seq)?);
         }
-        Ok(st.actors.get_or_insert_with(HashMap::new))
+        Ok(st.index.get_or_insert_with(Index::default))
     }
 
-    /// The document's change-hash index, built from its hash blocks on first need.
-    fn hashes<'s>(
-        &self,
-        doc: &DocId,
-        st: &'s mut DocState,
-    ) -> Result<&'s mut HashMap<ChangeHash, Seq>, LogError> {
-        if st.hashes.is_none() {
-            let prefix = keys::doc_key(keys::HASH, doc);
-            let mut map = HashMap::new();
-            for (key, value) in
-                self.kv
-                    .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
-            {
-                let block = keys::seq_of(&key).unwrap_or_default().get();
-                for (i, chunk) in value.chunks_exact(32).enumerate() {
-                    if chunk != NO_CHANGE {
-                        let mut h = [0u8; 32];
-                        h.copy_from_slice(chunk);
-                        map.insert(ChangeHash(h), Seq(block * BLOCK + i as u64 + 1));
-                    }
+    fn load_index(&self, doc: &DocId, last_seq: Seq) -> Result<Index, LogError> {
+        let corrupt = |what: &str, reason: String| LogError::CorruptRecord {
+            record: format!("{what} of {doc}"),
+            reason,
+        };
+        let through =
+            match self.kv.get(&keys::doc_key(keys::INDEX, doc))? {
+                Some(v) => Seq(u64_from(&v)
+                    .ok_or_else(|| corrupt("index checkpoint", "not 8 bytes".into()))?),
+                None => Seq(0),
+            };
+        let mut index = Index {
+            through,
+            ..Index::default()
+        };
+        let prefix = keys::doc_key(keys::ACTOR, doc);
+        for (key, value) in self
+            .kv
+            .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+        {
+            let record: ActorRecord =
+                codec::decode(&value).map_err(|reason| corrupt("actor index", reason))?;
+            index.actors.insert(key[prefix.len()..].to_vec(), record);
+        }
+        let prefix = keys::doc_key(keys::HASH, doc);
+        for (key, value) in self
+            .kv
+            .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+        {
+            let block = keys::seq_of(&key).unwrap_or_default().get();
+            let mut kept = Vec::new();
+            for (i, chunk) in value.chunks_exact(32).enumerate() {
+                let seq = Seq(block * BLOCK + i as u64 + 1);
+                if seq > through {
+                    break;
+                }
+                kept.extend_from_slice(chunk);
+                if chunk != NO_CHANGE {
+                    let mut h = [0u8; 32];
+                    h.copy_from_slice(chunk);
+                    index.hashes.insert(ChangeHash(h), seq);
                 }
             }
-            st.hashes = Some(map);
+            if (kept.len() as u64) < BLOCK * 32 {
+                index.open_blocks.insert(block, kept);
+            }
         }
-        Ok(st.hashes.get_or_insert_with(HashMap::new))
+        // The block holding `through` must hold exactly the entries up to it.
+        if through.get() % BLOCK != 0 {
+            let block = (through.get() - 1) / BLOCK;
+            let want = (through.get() - block * BLOCK) as usize * 32;
+            let got = index.open_blocks.get(&block).map_or(0, Vec::len);
+            if got != want {
+                return Err(corrupt(
+                    "hash index",
+                    format!("block {block} holds {got} bytes where {want} were expected"),
+                ));
+            }
+        }
+        // Entries after the checkpoint: index them from the pages.
+        for (seq, stored) in self.stored_entries(doc, through.next(), last_seq, usize::MAX)? {
+            let entry = Entry::open(doc, seq, &stored)?;
+            let hash = match &entry.kind {
+                EntryKind::Change(bytes) => {
+                    let info = inspect_change(bytes)?;
+                    index.hashes.insert(info.hash, seq);
+                    let record = index
+                        .actors
+                        .entry(info.actor.clone())
+                        .or_insert(ActorRecord {
+                            owner: entry.author.user.clone(),
+                            max_change_seq: 0,
+                            entry_seq: seq,
+                        });
+                    if info.seq > record.max_change_seq {
+                        record.max_change_seq = info.seq;
+                        record.entry_seq = seq;
+                    }
+                    index.dirty.insert(info.actor);
+                    info.hash.0
+                }
+                _ => NO_CHANGE,
+            };
+            index
+                .open_blocks
+                .entry((seq.get() - 1) / BLOCK)
+                .or_default()
+                .extend_from_slice(&hash);
+        }
+        Ok(index)
     }
 
-    /// The hash block that holds `st.last_seq` (empty when the stream ends on a block edge).
-    fn tail_block(&self, doc: &DocId, st: &mut DocState) -> Result<Vec<u8>, LogError> {
-        if let Some(b) = &st.tail_block {
-            return Ok(b.clone());
-        }
-        let last = st.last_seq.get();
-        let used = if last == 0 { 0 } else { (last - 1) % BLOCK + 1 };
-        let block = if last == 0 || used == BLOCK {
-            Vec::new()
-        } else {
-            let b = self
-                .kv
-                .get(&keys::hash_block(doc, (last - 1) / BLOCK))?
-                .unwrap_or_default();
-            if b.len() as u64 != used * 32 {
-                return Err(LogError::CorruptRecord {
-                    record: format!("hash index of {doc} at seq {last}"),
-                    reason: format!("{} bytes where {} were expected", b.len(), used * 32),
-                });
+    /// Adds the writes that make the stored index cover every entry up to `last`.
+    fn checkpoint(
+        &self,
+        doc: &DocId,
+        index: &mut Index,
+        last: Seq,
+        batch: &mut WriteBatch,
+    ) -> Result<(), LogError> {
+        for (block, bytes) in &index.open_blocks {
+            if !bytes.is_empty() {
+                batch.put(keys::hash_block(doc, *block), bytes.clone());
             }
-            b
-        };
-        st.tail_block = Some(block.clone());
-        Ok(block)
+        }
+        index
+            .open_blocks
+            .retain(|_, b| (b.len() as u64) < BLOCK * 32);
+        let tail = (last.get().saturating_sub(1)) / BLOCK;
+        index.open_blocks.retain(|b, _| *b >= tail);
+        for actor in index.dirty.drain() {
+            if let Some(record) = index.actors.get(&actor) {
+                batch.put(
+                    keys::with_suffix(keys::ACTOR, doc, &actor),
+                    codec::encode(record).map_err(LogError::Invalid)?,
+                );
+            }
+        }
+        batch.put(
+            keys::doc_key(keys::INDEX, doc),
+            last.get().to_be_bytes().to_vec(),
+        );
+        index.through = last;
+        Ok(())
     }
 
     fn since_snapshot(&self, doc: &DocId, st: &mut DocState) -> Result<(u64, u64), LogError> {
@@ -416,9 +489,10 @@ impl Log {
         let mut change_bytes = 0u64;
         let mut written = 0u64;
         let mut pages = PageWriter::default();
-        // Hash blocks touched by this batch, starting from the current tail block.
-        let first_block = st.last_seq.get() / BLOCK;
-        let mut blocks: Vec<Vec<u8>> = vec![self.tail_block(doc, &mut st)?];
+        // Taken out of the state while the batch is built: if the batch fails, it is dropped
+        // and loaded again from the store on next use (nothing was written).
+        self.index(doc, &mut st)?;
+        let mut index = st.index.take().unwrap_or_default();
 
         for (mut new, info) in entries.into_iter().zip(infos) {
             if tombstoned {
@@ -427,7 +501,7 @@ impl Log {
             if let Some(info) = &info {
                 let record = match actors.get(&info.actor) {
                     Some(r) => Some(r.clone()),
-                    None => self.actors(doc, &mut st)?.get(&info.actor).cloned(),
+                    None => index.actors.get(&info.actor).cloned(),
                 };
                 // Every logged change of an actor has a seq at most its record's
                 // max_change_seq, so only a change at or below it can be a duplicate: new
@@ -438,7 +512,7 @@ impl Log {
                         .as_ref()
                         .is_some_and(|r| r.max_change_seq >= info.seq) =>
                     {
-                        self.hashes(doc, &mut st)?.get(&info.hash).copied()
+                        index.hashes.get(&info.hash).copied()
                     }
                     None => None,
                 };
@@ -488,13 +562,11 @@ impl Log {
             }
             let (bytes, hash) = Entry::seal(seq, st.meta.epoch, prev, &new)?;
             pages.push(seq, &bytes);
-            let block_index = ((seq.get() - 1) / BLOCK - first_block) as usize;
-            if block_index == blocks.len() {
-                blocks.push(Vec::with_capacity(BLOCK as usize * 32));
-            }
-            if let Some(block) = blocks.get_mut(block_index) {
-                block.extend_from_slice(info.as_ref().map_or(&NO_CHANGE, |i| &i.hash.0));
-            }
+            index
+                .open_blocks
+                .entry((seq.get() - 1) / BLOCK)
+                .or_default()
+                .extend_from_slice(info.as_ref().map_or(&NO_CHANGE, |i| &i.hash.0));
             prev = hash;
             written += 1;
             results.push(result);
@@ -502,16 +574,11 @@ impl Log {
         for (first, page) in pages.finish() {
             batch.put(keys::entry(doc, first), page);
         }
-        for (i, block) in blocks.iter().enumerate() {
-            if !block.is_empty() {
-                batch.put(keys::hash_block(doc, first_block + i as u64), block.clone());
-            }
-        }
-        for (actor, record) in &actors {
-            batch.put(
-                keys::with_suffix(keys::ACTOR, doc, actor),
-                codec::encode(record).map_err(LogError::Invalid)?,
-            );
+        index.hashes.extend(in_batch);
+        index.dirty.extend(actors.keys().cloned());
+        index.actors.extend(actors);
+        if seq.get() - index.through.get() >= CHECKPOINT {
+            self.checkpoint(doc, &mut index, seq, &mut batch)?;
         }
         for (client, id) in mutations {
             let current = self.last_mutation(doc, &client)?;
@@ -535,13 +602,7 @@ impl Log {
         st.last_seq = seq;
         st.last_hash = prev;
         st.tombstoned |= tombstoned;
-        if let Some(cache) = st.actors.as_mut() {
-            cache.extend(actors);
-        }
-        if let Some(cache) = st.hashes.as_mut() {
-            cache.extend(in_batch);
-        }
-        st.tail_block = blocks.pop().filter(|b| b.len() < BLOCK as usize * 32);
+        st.index = Some(index);
         if let Some((b, n)) = &mut st.since_snapshot {
             *b += change_bytes;
             *n += written;
@@ -633,9 +694,7 @@ fn recover_doc(kv: &dyn Kv, doc: &DocId, meta: DocMeta) -> Result<DocState, LogE
         tombstoned: false,
         broken: None,
         since_snapshot: None,
-        actors: None,
-        hashes: None,
-        tail_block: None,
+        index: None,
     };
     if let Some((key, value)) = last.into_iter().next() {
         let first = keys::seq_of(&key).unwrap_or_default();
@@ -709,9 +768,7 @@ impl EventLog for Log {
                 tombstoned: false,
                 broken: None,
                 since_snapshot: Some((0, 0)),
-                actors: Some(HashMap::new()),
-                hashes: Some(HashMap::new()),
-                tail_block: Some(Vec::new()),
+                index: Some(Index::default()),
             })),
         );
         Ok(self.committer.ticket())
@@ -840,13 +897,13 @@ impl EventLog for Log {
     fn change_seq(&self, doc: &DocId, hash: &ChangeHash) -> Result<Option<Seq>, LogError> {
         let state = self.state(doc)?;
         let mut st = guard(&state);
-        Ok(self.hashes(doc, &mut st)?.get(hash).copied())
+        Ok(self.index(doc, &mut st)?.hashes.get(hash).copied())
     }
 
     fn actor(&self, doc: &DocId, actor: &[u8]) -> Result<Option<ActorRecord>, LogError> {
         let state = self.state(doc)?;
         let mut st = guard(&state);
-        Ok(self.actors(doc, &mut st)?.get(actor).cloned())
+        Ok(self.index(doc, &mut st)?.actors.get(actor).cloned())
     }
 
     fn last_mutation(
@@ -967,6 +1024,14 @@ impl EventLog for Log {
         let Some(snap) = st.meta.snapshot.clone() else {
             return Ok(0);
         };
+        // The index must not need pages that are about to go: checkpoint it first.
+        let last = st.last_seq;
+        let index = self.index(doc, &mut st)?;
+        if index.through < last {
+            let mut batch = WriteBatch::default();
+            self.checkpoint(doc, index, last, &mut batch)?;
+            self.kv.apply(batch)?;
+        }
         let mut dropped = 0;
         // Whole pages that end at or below the snapshot go; a page that straddles it stays.
         // Chunked so a long history is not one huge batch; each chunk moves

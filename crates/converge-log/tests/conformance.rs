@@ -43,6 +43,7 @@ conformance!(
     buffered_mode_acknowledges_at_once,
     verify_counts_the_chain,
     compaction_keeps_a_page_that_straddles_the_snapshot,
+    indexes_survive_a_reopen_between_checkpoints,
 );
 
 fn new_log(b: &Backend) -> Arc<converge_log::Log> {
@@ -653,4 +654,28 @@ fn unknown_format_version_is_refused() {
             supported: converge_log::FORMAT_VERSION
         }
     );
+}
+
+fn indexes_survive_a_reopen_between_checkpoints(b: Backend) {
+    // 21 entries: one index checkpoint at 16, then 5 entries indexed only from their pages.
+    let log = new_log(&b);
+    let mut w = Writer::new(5);
+    let mut changes = Vec::new();
+    for i in 0..21 {
+        let c = w.put("k", i);
+        changes.push(c.clone());
+        log.append(&DOC, vec![change_entry(&user("alice"), c)]).unwrap().durable.wait().unwrap();
+    }
+    drop(log);
+    let log = b.open(LogConfig::default());
+    let rec = log.actor(&DOC, &[5; 16]).unwrap().unwrap();
+    assert_eq!((rec.max_change_seq, rec.entry_seq), (21, Seq(21)));
+    for (i, c) in changes.iter().enumerate() {
+        let r = log.append(&DOC, vec![change_entry(&user("bob"), c.clone())]).unwrap();
+        assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(i as u64 + 1))]);
+    }
+    let err = log.append(&DOC, vec![change_entry(&user("bob"), w.put("k", 99))]).unwrap_err();
+    assert!(matches!(err, LogError::ActorOwnedByOther { .. }));
+    let r = log.append(&DOC, vec![change_entry(&user("alice"), w.put("k", 100))]).unwrap();
+    assert_eq!(r.results, vec![AppendResult::Appended(Seq(22))]);
 }
