@@ -14,14 +14,9 @@ const APPENDERS: usize = 64;
 const PER_APPENDER: usize = 200;
 const SINGLE: usize = 2_000;
 
-fn run_appenders(
-    log: &Arc<Log>,
-    changes: &Arc<Vec<Vec<u8>>>,
-    appenders: usize,
-    per: usize,
-    round: u64,
-) -> Duration {
-    let docs: Vec<DocId> = (0..appenders)
+/// `appenders` new documents for this round, created and flushed before the clock starts.
+fn fresh_docs(log: &Arc<Log>, appenders: usize, round: u64) -> Vec<DocId> {
+    let docs = (0..appenders)
         .map(|a| {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&round.to_be_bytes());
@@ -32,6 +27,17 @@ fn run_appenders(
         })
         .collect();
     log.flush().unwrap();
+    docs
+}
+
+fn run_appenders(
+    log: &Arc<Log>,
+    changes: &Arc<Vec<Vec<u8>>>,
+    appenders: usize,
+    per: usize,
+    round: u64,
+) -> Duration {
+    let docs = fresh_docs(log, appenders, round);
     let start = Instant::now();
     std::thread::scope(|s| {
         for doc in &docs {
@@ -63,17 +69,7 @@ fn run_tasks(
     per: usize,
     round: u64,
 ) -> Duration {
-    let docs: Vec<DocId> = (0..appenders)
-        .map(|a| {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&round.to_be_bytes());
-            id[8..16].copy_from_slice(&(a as u64).to_be_bytes());
-            let d = DocId::from_bytes(id);
-            drop(log.create(d, Epoch(1)).unwrap());
-            d
-        })
-        .collect();
-    log.flush().unwrap();
+    let docs = fresh_docs(log, appenders, round);
     let start = Instant::now();
     rt.block_on(async {
         let tasks: Vec<_> = docs

@@ -664,18 +664,28 @@ fn indexes_survive_a_reopen_between_checkpoints(b: Backend) {
     for i in 0..21 {
         let c = w.put("k", i);
         changes.push(c.clone());
-        log.append(&DOC, vec![change_entry(&user("alice"), c)]).unwrap().durable.wait().unwrap();
+        log.append(&DOC, vec![change_entry(&user("alice"), c)])
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
     }
     drop(log);
     let log = b.open(LogConfig::default());
     let rec = log.actor(&DOC, &[5; 16]).unwrap().unwrap();
     assert_eq!((rec.max_change_seq, rec.entry_seq), (21, Seq(21)));
     for (i, c) in changes.iter().enumerate() {
-        let r = log.append(&DOC, vec![change_entry(&user("bob"), c.clone())]).unwrap();
+        let r = log
+            .append(&DOC, vec![change_entry(&user("bob"), c.clone())])
+            .unwrap();
         assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(i as u64 + 1))]);
     }
-    let err = log.append(&DOC, vec![change_entry(&user("bob"), w.put("k", 99))]).unwrap_err();
+    let err = log
+        .append(&DOC, vec![change_entry(&user("bob"), w.put("k", 99))])
+        .unwrap_err();
     assert!(matches!(err, LogError::ActorOwnedByOther { .. }));
-    let r = log.append(&DOC, vec![change_entry(&user("alice"), w.put("k", 100))]).unwrap();
+    let r = log
+        .append(&DOC, vec![change_entry(&user("alice"), w.put("k", 100))])
+        .unwrap();
     assert_eq!(r.results, vec![AppendResult::Appended(Seq(22))]);
 }
