@@ -21,18 +21,23 @@ const SCHEDULE: &str = r#"{"title":"Ward 3","timezone":"Europe/Paris",
   "resources":{"bed-1":{"name":"Bed 1"}},
   "events":{"e1":{"title":"Night","resource":"bed-1","start":0,"end":3600000,"attendees":["ann"],"notes":"bring charts"}}}"#;
 
-#[test]
-fn import_then_replay_verify_and_inspect() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let file = dir.path().join("s.json");
+/// Imports SCHEDULE into `<dir>/data`; returns the data directory and the printed id.
+fn import_schedule(dir: &Path) -> (std::path::PathBuf, String) {
+    let data = dir.join("data");
+    let file = dir.join("s.json");
     std::fs::write(&file, SCHEDULE).unwrap();
     let out = converge(
         &["import", file.to_str().unwrap(), "--kind", "schedule"],
         &data,
     );
     assert!(out.status.success(), "{out:?}");
-    let id = stdout(&out).lines().last().unwrap().to_string();
+    (data, stdout(&out).lines().last().unwrap().to_string())
+}
+
+#[test]
+fn import_then_replay_verify_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, id) = import_schedule(dir.path());
     assert!(
         id.parse::<converge_proto::DocId>().is_ok(),
         "last line is a DocId: {id}"
@@ -101,14 +106,7 @@ fn bad_input_is_refused_and_writes_nothing() {
 #[test]
 fn verify_names_a_tampered_entry_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let file = dir.path().join("s.json");
-    std::fs::write(&file, SCHEDULE).unwrap();
-    let out = converge(
-        &["import", file.to_str().unwrap(), "--kind", "schedule"],
-        &data,
-    );
-    let id = stdout(&out).lines().last().unwrap().to_string();
+    let (data, id) = import_schedule(dir.path());
     let doc: converge_proto::DocId = id.parse().unwrap();
     let mut key = vec![b'E'];
     key.extend_from_slice(doc.as_bytes());

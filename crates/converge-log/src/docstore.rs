@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use automerge::{AutoCommit, Automerge, Change};
 use converge_proto::{DocId, Epoch, Seq};
@@ -40,6 +40,7 @@ use crate::commit::Durable;
 use crate::entry::{Author, EntryKind, NewEntry};
 use crate::error::LogError;
 use crate::event_log::{Appended, EventLog};
+use crate::sync::lock;
 
 /// How much the store keeps in memory.
 #[derive(Debug, Clone)]
@@ -135,10 +136,6 @@ struct Loaded {
     logged_heads: Vec<automerge::ChangeHash>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl DocStore {
     pub fn new(log: Arc<dyn EventLog>, config: StoreConfig) -> Self {
         Self {
@@ -190,14 +187,15 @@ impl DocStore {
         let id = DocId::random();
         // A later ticket covers every earlier write, so the first append's ticket also covers
         // the creation; with no changes, the creation's own ticket is returned.
-        let mut durable = Some(self.log.create(id, Epoch(1))?);
+        let mut durable = self.log.create(id, Epoch(1))?;
         let mut last = Seq(0);
+        // The memory estimate counts the bytes a document was built from: here, its changes.
+        let encoded_bytes = changes.iter().map(|c| c.len() as u64).sum();
         if !changes.is_empty() {
             let appended = self.append_changes(&id, author, at_ms, changes)?;
             last = appended.results.last().map_or(Seq(0), |r| r.seq());
-            durable = Some(appended.durable);
+            durable = appended.durable;
         }
-        let encoded_bytes = doc.save().len() as u64;
         self.install(
             id,
             Loaded {
@@ -209,7 +207,7 @@ impl DocStore {
                 unlogged_by: None,
             },
         );
-        Ok((id, durable.unwrap_or_else(Durable::ready)))
+        Ok((id, durable))
     }
 
     /// Makes a local change: `f` edits the (caught-up) document; if it changed anything, the
@@ -488,14 +486,12 @@ impl DocStore {
     /// else applies every pending change in one call.
     fn catch_up(&self, id: &DocId, slot: &mut Slot) -> Result<(), StoreError> {
         let mut head = self.log.head(id)?;
-        let Some(loaded) = slot.loaded.as_mut() else {
-            slot.loaded = Some(self.build(id, head.last_seq)?);
-            return Ok(());
-        };
-        if loaded.applied_through >= head.last_seq {
-            return Ok(());
-        }
-        if loaded.unlogged > 0 {
+        let last = head.last_seq;
+        if slot
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.unlogged > 0 && l.applied_through < last)
+        {
             // A failed apply below rebuilds the document from the log: log local changes
             // first so a rebuild cannot lose them.
             self.log_local(id, slot)?;

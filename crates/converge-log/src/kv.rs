@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::LogError;
+use crate::sync::{lock, read, write};
 
 /// Key-value pairs as owned bytes.
 pub(crate) type Pair = (Vec<u8>, Vec<u8>);
@@ -107,26 +108,18 @@ impl Kv for SledKv {
         limit: usize,
     ) -> Result<Vec<Pair>, LogError> {
         let iter = self.db.range(start..end);
-        let mut out = Vec::new();
-        let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, LogError> {
-            let (k, v) = item?;
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(out.len() < limit)
-        };
-        if reverse {
-            for item in iter.rev() {
-                if !push(item)? {
-                    break;
-                }
-            }
+        let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
+            Box::new(iter.rev())
         } else {
-            for item in iter {
-                if !push(item)? {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+            Box::new(iter)
+        };
+        items
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), LogError> {
@@ -203,18 +196,6 @@ impl MemStorage {
     pub fn raw_get(&self, key: &[u8]) -> Option<Vec<u8>> {
         read(&self.inner.live).get(key).cloned()
     }
-}
-
-// A poisoned lock means a thread panicked while holding it; the maps are still consistent
-// (every mutation is a single insert or swap), so carrying on is safe.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn apply_ops(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, batch: &WriteBatch) {

@@ -50,6 +50,7 @@ mod kv;
 mod log;
 mod page;
 mod staged;
+mod sync;
 
 pub use codec::FORMAT_VERSION;
 pub use commit::{Durability, Durable};

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use converge_proto::limits::{MAX_BATCH_ENTRIES, MAX_SNAPSHOT_BYTES};
 use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationId, Seq};
@@ -22,6 +22,7 @@ use crate::keys;
 use crate::kv::{Kv, MemStorage, SledKv, WriteBatch};
 use crate::page::{self, PageWriter};
 use crate::staged::Staged;
+use crate::sync::{lock, read, write};
 
 /// Staged writes are drained into sled at the latest when they reach this many bytes.
 const STAGE_BYTES: usize = 8 << 20;
@@ -118,10 +119,6 @@ impl fmt::Debug for Log {
     }
 }
 
-fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Log {
     /// Opens (or creates) a log in `dir` on sled.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
@@ -209,7 +206,7 @@ impl Log {
     }
 
     fn state(&self, doc: &DocId) -> Result<Arc<Mutex<DocState>>, LogError> {
-        let docs = self.docs.read().unwrap_or_else(|e| e.into_inner());
+        let docs = read(&self.docs);
         docs.get(doc).cloned().ok_or(LogError::UnknownDoc(*doc))
     }
 
@@ -463,7 +460,7 @@ impl Log {
             .any(|e| matches!(&e.kind, EntryKind::Lock(l) if l.event == LockEvent::Granted));
 
         let state = self.state(doc)?;
-        let mut st = guard(&state);
+        let mut st = lock(&state);
         if let Some(e) = &st.broken {
             return Err(e.clone());
         }
@@ -472,7 +469,7 @@ impl Log {
         }
         // The fence lock is taken only by batches that grant, after the doc lock (one order).
         let mut fence = if grants {
-            Some(guard(&self.fence))
+            Some(lock(&self.fence))
         } else {
             None
         };
@@ -743,7 +740,7 @@ fn inspect_change(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
 
 impl EventLog for Log {
     fn create(&self, doc: DocId, epoch: Epoch) -> Result<Durable, LogError> {
-        let mut docs = self.docs.write().unwrap_or_else(|e| e.into_inner());
+        let mut docs = write(&self.docs);
         if docs.contains_key(&doc) {
             return Err(LogError::DocExists(doc));
         }
@@ -814,12 +811,12 @@ impl EventLog for Log {
     }
     fn read(&self, doc: &DocId, from: Seq, limit: usize) -> Result<Vec<Entry>, LogError> {
         let state = self.state(doc)?;
+        let from = from.max(Seq(1));
         let (prev, last) = {
-            let st = guard(&state);
+            let st = lock(&state);
             if let Some(e) = &st.broken {
                 return Err(e.clone());
             }
-            let from = from.max(Seq(1));
             if from <= st.meta.compacted_through {
                 return Err(LogError::Compacted {
                     doc: *doc,
@@ -831,14 +828,13 @@ impl EventLog for Log {
             }
             (self.hash_before(doc, &st, from)?, st.last_seq)
         };
-        let from = from.max(Seq(1));
         let mut prev = prev;
         let mut expected = from;
         let mut out = Vec::new();
         let missing = |seq: Seq| -> LogError {
             // A compaction may have run since the bounds were taken: say so rather than
             // reporting the entries it dropped as missing.
-            let compacted = guard(&state).meta.compacted_through;
+            let compacted = lock(&state).meta.compacted_through;
             if seq <= compacted {
                 LogError::Compacted {
                     doc: *doc,
@@ -876,7 +872,7 @@ impl EventLog for Log {
 
     fn head(&self, doc: &DocId) -> Result<DocHead, LogError> {
         let state = self.state(doc)?;
-        let st = guard(&state);
+        let st = lock(&state);
         Ok(DocHead {
             epoch: st.meta.epoch,
             last_seq: st.last_seq,
@@ -888,7 +884,7 @@ impl EventLog for Log {
     }
 
     fn docs(&self) -> Result<Vec<DocId>, LogError> {
-        let docs = self.docs.read().unwrap_or_else(|e| e.into_inner());
+        let docs = read(&self.docs);
         let mut ids: Vec<DocId> = docs.keys().copied().collect();
         ids.sort();
         Ok(ids)
@@ -896,13 +892,13 @@ impl EventLog for Log {
 
     fn change_seq(&self, doc: &DocId, hash: &ChangeHash) -> Result<Option<Seq>, LogError> {
         let state = self.state(doc)?;
-        let mut st = guard(&state);
+        let mut st = lock(&state);
         Ok(self.index(doc, &mut st)?.hashes.get(hash).copied())
     }
 
     fn actor(&self, doc: &DocId, actor: &[u8]) -> Result<Option<ActorRecord>, LogError> {
         let state = self.state(doc)?;
-        let mut st = guard(&state);
+        let mut st = lock(&state);
         Ok(self.index(doc, &mut st)?.actors.get(actor).cloned())
     }
 
@@ -925,7 +921,7 @@ impl EventLog for Log {
     }
 
     fn fencing_counter(&self) -> Result<FencingToken, LogError> {
-        Ok(FencingToken(*guard(&self.fence)))
+        Ok(FencingToken(*lock(&self.fence)))
     }
 
     fn put_snapshot(&self, doc: &DocId, seq: Seq, bytes: Vec<u8>) -> Result<Durable, LogError> {
@@ -937,7 +933,7 @@ impl EventLog for Log {
             });
         }
         let state = self.state(doc)?;
-        let mut st = guard(&state);
+        let mut st = lock(&state);
         if let Some(e) = &st.broken {
             return Err(e.clone());
         }
@@ -985,7 +981,7 @@ impl EventLog for Log {
 
     fn snapshot(&self, doc: &DocId) -> Result<Option<Snapshot>, LogError> {
         let state = self.state(doc)?;
-        let info = guard(&state).meta.snapshot.clone();
+        let info = lock(&state).meta.snapshot.clone();
         let Some(info) = info else { return Ok(None) };
         let corrupt = |reason: String| LogError::CorruptRecord {
             record: format!("snapshot of {doc} at seq {}", info.seq),
@@ -1010,7 +1006,7 @@ impl EventLog for Log {
 
     fn snapshot_due(&self, doc: &DocId) -> Result<bool, LogError> {
         let state = self.state(doc)?;
-        let mut st = guard(&state);
+        let mut st = lock(&state);
         let (bytes, entries) = self.since_snapshot(doc, &mut st)?;
         let size = st.meta.snapshot.as_ref().map_or(0, |s| s.size);
         Ok(entries > 0
@@ -1020,7 +1016,7 @@ impl EventLog for Log {
 
     fn compact(&self, doc: &DocId) -> Result<u64, LogError> {
         let state = self.state(doc)?;
-        let mut st = guard(&state);
+        let mut st = lock(&state);
         let Some(snap) = st.meta.snapshot.clone() else {
             return Ok(0);
         };

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::LogError;
 use crate::kv::{Kv, Pair, WriteBatch};
+use crate::sync::{lock, read, write};
 
 type Table = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -49,19 +50,11 @@ impl<K: Kv> Staged<K> {
         }
     }
 
-    fn tables(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
-        self.tables.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn tables_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
-        self.tables.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Moves every staged write into sled in one atomic batch.
     fn drain(&self) -> Result<(), LogError> {
-        let _one = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = lock(&self.drain_lock);
         let table = {
-            let mut t = self.tables_mut();
+            let mut t = write(&self.tables);
             if t.active.is_empty() {
                 return Ok(());
             }
@@ -78,7 +71,7 @@ impl<K: Kv> Staged<K> {
             }
         }
         let result = self.inner.apply(batch);
-        let mut t = self.tables_mut();
+        let mut t = write(&self.tables);
         if result.is_err() {
             // Put the writes back under the newer ones so nothing is lost from view; the next
             // drain tries again.
@@ -97,7 +90,7 @@ impl<K: Kv> Staged<K> {
 
     /// The staged view of `start..end`: draining writes overridden by active ones.
     fn overlay(&self, start: &[u8], end: &[u8]) -> Table {
-        let t = self.tables();
+        let t = read(&self.tables);
         let range = (Bound::Included(start), Bound::Excluded(end));
         let mut out = Table::new();
         if let Some(d) = &t.draining {
@@ -115,7 +108,7 @@ impl<K: Kv> Staged<K> {
 impl<K: Kv> Kv for Staged<K> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
         {
-            let t = self.tables();
+            let t = read(&self.tables);
             if let Some(v) = t.active.get(key) {
                 return Ok(v.clone());
             }
@@ -159,7 +152,7 @@ impl<K: Kv> Kv for Staged<K> {
 
     fn apply(&self, batch: WriteBatch) -> Result<(), LogError> {
         let over = {
-            let mut t = self.tables_mut();
+            let mut t = write(&self.tables);
             for (k, v) in batch.into_ops() {
                 let size = k.len() + v.as_ref().map_or(0, Vec::len);
                 // A rewritten key (a growing hash block) replaces its old bytes.
@@ -183,7 +176,7 @@ impl<K: Kv> Kv for Staged<K> {
 
     fn is_empty(&self) -> Result<bool, LogError> {
         let staged_empty = {
-            let t = self.tables();
+            let t = read(&self.tables);
             t.active.is_empty() && t.draining.is_none()
         };
         Ok(staged_empty && self.inner.is_empty()?)
