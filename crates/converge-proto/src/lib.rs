@@ -1,8 +1,9 @@
 //! converge-proto: the vocabulary every converge crate shares.
 //!
-//! This crate holds the identifier newtypes (so no bare `String` or `u64` crosses a crate boundary)
-//! and the size limits that bound everything a peer controls. The wire messages of the sync protocol
-//! join it with the sync issue. It does no I/O.
+//! This crate holds the identifier newtypes (so no bare `String` or `u64` crosses a crate boundary),
+//! the size limits that bound everything a peer controls, the wire messages of the sync protocol
+//! ([`ClientMsg`], [`ServerMsg`]), their frame codec, and the closed sets of error and close
+//! codes. It does no I/O. docs/protocol.md specifies the protocol.
 //!
 //! ```
 //! use converge_proto::DocId;
@@ -13,8 +14,21 @@
 //! assert_eq!(parsed, id);
 //! ```
 
+mod codes;
+mod frame;
 mod ids;
 pub mod limits;
+mod msg;
+
+pub use codes::{CloseCode, ErrorCode};
+pub use frame::{
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_SERVER_FRAME_BYTES, FRAME_VERSION, FrameError,
+    MAX_FRAME_CEILING, decode_client, decode_server, encode_client, encode_server,
+};
+pub use msg::{
+    Blob, ClientMsg, Limits, LockOutcome, MutationOutcome, NotificationMsg, PROTOCOL_VERSION, Peer,
+    Position, ServerMsg,
+};
 
 pub use ids::{
     ChangeHash, ClientId, DocId, Epoch, FencingToken, IdError, MutationId, Seq, SessionId, UserId,
