@@ -50,6 +50,22 @@ pub enum LogError {
     /// The change's actor was first pushed by another user; nobody else may write as it.
     #[error("actor of change {hash} belongs to user {owner}")]
     ActorOwnedByOther { hash: ChangeHash, owner: UserId },
+    /// Another change with the same actor and per-actor seq is already logged.
+    #[error("change {hash}: its actor already has a different change at seq {seq}")]
+    SeqConflict { hash: ChangeHash, seq: u64 },
+    /// The change skips a per-actor seq: its predecessor is not logged.
+    #[error("change {hash}: per-actor seq {got} where {expected} was expected")]
+    SeqGap {
+        hash: ChangeHash,
+        expected: u64,
+        got: u64,
+    },
+    /// The change depends on a change the log does not hold.
+    #[error("change {hash} depends on {dep}, which is not logged")]
+    MissingDependency { hash: ChangeHash, dep: ChangeHash },
+    /// The change references an actor the document does not know.
+    #[error("change {hash} references an actor the document does not know")]
+    UnknownActor { hash: ChangeHash },
     /// A read asked for entries that compaction has dropped.
     #[error("document {doc}: entries up to seq {compacted_through} were compacted into a snapshot")]
     Compacted { doc: DocId, compacted_through: Seq },

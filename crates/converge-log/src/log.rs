@@ -523,6 +523,41 @@ impl Log {
                         owner: r.owner.clone(),
                     });
                 }
+                // The checks that keep the stream causal and every replica able to apply it,
+                // made here, under the document's lock, so two racing pushes cannot both pass.
+                let expected = record.as_ref().map_or(1, |r| r.max_change_seq + 1);
+                if info.seq < expected {
+                    return Err(LogError::SeqConflict {
+                        hash: info.hash,
+                        seq: info.seq,
+                    });
+                }
+                if info.seq > expected {
+                    return Err(LogError::SeqGap {
+                        hash: info.hash,
+                        expected,
+                        got: info.seq,
+                    });
+                }
+                // automerge 0.12 panics applying a change that names an actor the document
+                // has never seen: such a change would poison every replica that took it.
+                if info
+                    .others
+                    .iter()
+                    .any(|a| !actors.contains_key(a) && !index.actors.contains_key(a))
+                {
+                    return Err(LogError::UnknownActor { hash: info.hash });
+                }
+                if let Some(dep) = info
+                    .deps
+                    .iter()
+                    .find(|d| !in_batch.contains_key(*d) && !index.hashes.contains_key(*d))
+                {
+                    return Err(LogError::MissingDependency {
+                        hash: info.hash,
+                        dep: *dep,
+                    });
+                }
                 seq = seq.next();
                 let (max_change_seq, entry_seq) = match &record {
                     Some(r) if r.max_change_seq >= info.seq => (r.max_change_seq, r.entry_seq),
@@ -726,16 +761,31 @@ struct ChangeInfo {
     hash: ChangeHash,
     actor: Vec<u8>,
     seq: u64,
+    deps: Vec<ChangeHash>,
+    /// Actors the change references besides its own.
+    others: Vec<Vec<u8>>,
+}
+
+impl ChangeInfo {
+    fn of(change: &automerge::Change) -> Self {
+        ChangeInfo {
+            hash: ChangeHash(change.hash().0),
+            actor: change.actor_id().to_bytes().to_vec(),
+            seq: change.seq(),
+            deps: change.deps().iter().map(|d| ChangeHash(d.0)).collect(),
+            others: change
+                .other_actor_ids()
+                .iter()
+                .map(|a| a.to_bytes().to_vec())
+                .collect(),
+        }
+    }
 }
 
 fn inspect_change(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
     let change = automerge::Change::from_bytes(bytes.to_vec())
         .map_err(|e| LogError::MalformedChange(e.to_string()))?;
-    Ok(ChangeInfo {
-        hash: ChangeHash(change.hash().0),
-        actor: change.actor_id().to_bytes().to_vec(),
-        seq: change.seq(),
-    })
+    Ok(ChangeInfo::of(&change))
 }
 
 impl EventLog for Log {
@@ -801,11 +851,7 @@ impl EventLog for Log {
                 author: author.clone(),
                 kind,
             });
-            infos.push(Some(ChangeInfo {
-                hash: ChangeHash(c.hash().0),
-                actor: c.actor_id().to_bytes().to_vec(),
-                seq: c.seq(),
-            }));
+            infos.push(Some(ChangeInfo::of(c)));
         }
         self.append_checked(doc, entries, infos)
     }

@@ -44,6 +44,7 @@ conformance!(
     verify_counts_the_chain,
     compaction_keeps_a_page_that_straddles_the_snapshot,
     indexes_survive_a_reopen_between_checkpoints,
+    causality_checks_refuse_and_write_nothing,
 );
 
 fn new_log(b: &Backend) -> Arc<converge_log::Log> {
@@ -680,12 +681,79 @@ fn indexes_survive_a_reopen_between_checkpoints(b: Backend) {
             .unwrap();
         assert_eq!(r.results, vec![AppendResult::Duplicate(Seq(i as u64 + 1))]);
     }
+    let next = w.put("k", 99);
     let err = log
-        .append(&DOC, vec![change_entry(&user("bob"), w.put("k", 99))])
+        .append(&DOC, vec![change_entry(&user("bob"), next.clone())])
         .unwrap_err();
     assert!(matches!(err, LogError::ActorOwnedByOther { .. }));
     let r = log
-        .append(&DOC, vec![change_entry(&user("alice"), w.put("k", 100))])
+        .append(&DOC, vec![change_entry(&user("alice"), next)])
         .unwrap();
     assert_eq!(r.results, vec![AppendResult::Appended(Seq(22))]);
+}
+
+fn causality_checks_refuse_and_write_nothing(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut a = Writer::new(1);
+    let c1 = a.put("k", 1);
+    log.append(&DOC, vec![change_entry(&alice, c1.clone())])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    let before = log.head(&DOC).unwrap();
+
+    // A skipped per-actor seq.
+    let _c2 = a.put("k", 2);
+    let c3 = a.put("k", 3);
+    let err = log
+        .append(&DOC, vec![change_entry(&alice, c3)])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::SeqGap {
+                expected: 2,
+                got: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // Another change at a seq the actor already used.
+    let mut fork = Writer::new(1);
+    fork.doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(vec![1u8; 16]));
+    let other_c1 = fork.put("other", 1);
+    let err = log
+        .append(&DOC, vec![change_entry(&alice, other_c1)])
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::SeqConflict { seq: 1, .. }),
+        "{err:?}"
+    );
+
+    // A dependency the log does not hold: b merges a's unlogged changes, then writes a new key.
+    let mut b2 = Writer::new(2);
+    b2.doc.merge(&mut a.doc).unwrap();
+    let b_change = b2.put("fresh", 1);
+    let err = log
+        .append(&DOC, vec![change_entry(&user("bob"), b_change)])
+        .unwrap_err();
+    assert!(matches!(err, LogError::MissingDependency { .. }), "{err:?}");
+
+    // An actor the document has never seen (automerge would panic applying it).
+    let mut c = Writer::new(3);
+    let _unlogged = c.put("z", 1);
+    let mut d = Writer::new(4);
+    d.doc.merge(&mut c.doc).unwrap();
+    let d_change = d.put("z", 2);
+    let err = log
+        .append(&DOC, vec![change_entry(&user("dave"), d_change)])
+        .unwrap_err();
+    assert!(matches!(err, LogError::UnknownActor { .. }), "{err:?}");
+
+    assert_eq!(log.head(&DOC).unwrap(), before);
+    assert_eq!(log.read(&DOC, Seq(1), 100).unwrap().len(), 1);
 }

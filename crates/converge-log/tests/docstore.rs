@@ -174,7 +174,7 @@ fn snapshots_and_compaction_keep_the_document_whole() {
 }
 
 #[test]
-fn no_snapshot_while_changes_wait_for_their_dependencies() {
+fn remote_changes_must_arrive_in_causal_order() {
     let backend = Backend::mem();
     let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
     let me = user("alice");
@@ -182,13 +182,17 @@ fn no_snapshot_while_changes_wait_for_their_dependencies() {
     let mut w = Writer::new(9);
     let first = w.put("a", 1);
     let second = w.put("a", 2);
-    // The second change arrives first: automerge queues it until its dependency is there.
+    // The log keeps every stream applicable by every replica: a change whose predecessor is
+    // missing is refused, and nothing is logged.
+    let before = store.log().head(&id).unwrap();
+    assert!(
+        store
+            .apply_remote(&id, &user("bob"), 1, vec![second.clone()])
+            .is_err()
+    );
+    assert_eq!(store.log().head(&id).unwrap(), before);
     store
-        .apply_remote(&id, &user("bob"), 1, vec![second])
-        .unwrap();
-    assert!(!store.snapshot(&id).unwrap());
-    store
-        .apply_remote(&id, &user("bob"), 1, vec![first])
+        .apply_remote(&id, &user("bob"), 1, vec![first, second])
         .unwrap();
     assert!(store.snapshot(&id).unwrap());
     let a = store
