@@ -1,0 +1,918 @@
+//! The server hub: sessions, subscriptions, push/ack and fan-out, as a state machine.
+//!
+//! Contract with the shell that drives it:
+//! - every [`Output::Append`] is executed in the order it was emitted, and its result is
+//!   reported with [`Hub::handle_appended`] only once the append is durable (or failed), again in
+//!   emission order. The log assigns seqs in that order too, so fan-out leaves the hub in seq
+//!   order and every subscriber sees a gap-free stream;
+//! - an [`Output::Catchup`] is answered with [`Hub::handle_catchup`] holding only durable
+//!   entries. Anything appended while it ran still reaches the subscriber: it is queued and
+//!   sent after the catch-up, minus what the catch-up already covered;
+//! - the hub never blocks and never fails with I/O; refusals are values.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use converge_proto::{
+    Blob, ChangeHash, ClientId, ClientMsg, CloseCode, DocId, Epoch, ErrorCode, FrameError, Limits,
+    PROTOCOL_VERSION, Position, Seq, ServerMsg, SessionId, UserId, decode_client, encode_server,
+};
+
+use crate::auth::{Authenticator, Identity};
+
+/// A request to the shell, answered by a `handle_*` call carrying the same ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// Who pushed: the log binds actors to `user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAuthor {
+    pub user: UserId,
+    pub session: SessionId,
+}
+
+/// What the hub asks of its shell.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send one binary frame. Fan-out sends the same `Bytes` to every subscriber.
+    Send { session: SessionId, frame: Bytes },
+    /// Close the connection with this code (after the frames already queued for it).
+    Close {
+        session: SessionId,
+        code: CloseCode,
+        reason: String,
+    },
+    /// Append these changes to the document's stream, all or nothing, then report.
+    Append {
+        ticket: Ticket,
+        doc: DocId,
+        author: PushAuthor,
+        changes: Vec<Blob>,
+    },
+    /// Read what a subscriber at `after` needs (see [`crate::plan_catchup`]), then report.
+    Catchup {
+        ticket: Ticket,
+        doc: DocId,
+        after: Option<Position>,
+    },
+}
+
+/// One pushed change, as the log took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushedChange {
+    pub hash: ChangeHash,
+    pub seq: Seq,
+    /// Written now (false: it was already logged at `seq`).
+    pub new: bool,
+}
+
+/// A durable append: one entry per pushed change, in push order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub epoch: Epoch,
+    pub changes: Vec<PushedChange>,
+}
+
+/// A refused request: the code and message the peer is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a subscriber needs before going live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Catchup {
+    /// Entries `from_seq, from_seq + 1, ...` (empty blobs for entries without a change).
+    Replay {
+        epoch: Epoch,
+        from_seq: Seq,
+        entries: Vec<Blob>,
+    },
+    /// A whole document at `seq`, then entries from `seq + 1`.
+    Snapshot {
+        epoch: Epoch,
+        seq: Seq,
+        bytes: Blob,
+        tail: Vec<Blob>,
+        reconcile: bool,
+    },
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub limits: Limits,
+    /// How often clients should ping; a session silent for twice this is closed.
+    pub heartbeat_ms: u64,
+    /// A connection that has not sent `Hello` within this is closed.
+    pub hello_timeout_ms: u64,
+    /// Change bytes per replay frame (a replay is split into frames of about this size).
+    pub replay_frame_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            limits: Limits {
+                max_frame_bytes: converge_proto::DEFAULT_MAX_FRAME_BYTES as u32,
+                max_server_frame_bytes: converge_proto::DEFAULT_MAX_SERVER_FRAME_BYTES as u32,
+                max_change_bytes: converge_proto::limits::MAX_CHANGE_BYTES as u32,
+                max_push_changes: 1024,
+                max_docs: 1024,
+            },
+            heartbeat_ms: 25_000,
+            hello_timeout_ms: 10_000,
+            replay_frame_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Counts for /api/stats and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub sessions: usize,
+    pub subscriptions: usize,
+    pub docs: usize,
+}
+
+#[derive(Debug)]
+enum Handshake {
+    AwaitingHello { since_ms: u64 },
+    Ready { identity: Identity },
+}
+
+#[derive(Debug)]
+struct Session {
+    handshake: Handshake,
+    client: Option<ClientId>,
+    docs: BTreeSet<DocId>,
+    last_seen_ms: u64,
+    closed: bool,
+}
+
+/// Something sent to a subscriber in seq order: a fan-out frame or an Ack of its own push.
+#[derive(Debug, Clone)]
+enum Item {
+    /// Entries `from..` from someone else's push; `frame` is the encoded `Changes`.
+    Changes {
+        from: Seq,
+        changes: std::sync::Arc<Vec<Blob>>,
+        frame: Bytes,
+    },
+    /// An Ack; `new` names the seqs the session's own changes took.
+    Ack {
+        upto: Seq,
+        heads: Vec<ChangeHash>,
+        new: Option<(Seq, Seq)>,
+    },
+}
+
+#[derive(Debug)]
+enum Sub {
+    /// Waiting for a catch-up; items released meanwhile are queued here.
+    CatchingUp {
+        ticket: Ticket,
+        queued: Vec<Item>,
+    },
+    Live,
+}
+
+#[derive(Debug, Default)]
+struct Doc {
+    subs: HashMap<SessionId, Sub>,
+    epoch: Option<Epoch>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Push { doc: DocId, session: SessionId },
+    Catchup { doc: DocId, session: SessionId },
+}
+
+/// The server hub. See the module docs for the contract.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    auth: Box<dyn Authenticator>,
+    sessions: HashMap<SessionId, Session>,
+    docs: HashMap<DocId, Doc>,
+    pending: HashMap<Ticket, Pending>,
+    out: VecDeque<Output>,
+    next_session: u64,
+    next_ticket: u64,
+    shutting_down: bool,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, auth: Box<dyn Authenticator>) -> Self {
+        Hub {
+            config,
+            auth,
+            sessions: HashMap::new(),
+            docs: HashMap::new(),
+            pending: HashMap::new(),
+            out: VecDeque::new(),
+            next_session: 1,
+            next_ticket: 1,
+            shutting_down: false,
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// A connection opened. Returns its session id.
+    pub fn connect(&mut self, now_ms: u64) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                handshake: Handshake::AwaitingHello { since_ms: now_ms },
+                client: None,
+                docs: BTreeSet::new(),
+                last_seen_ms: now_ms,
+                closed: false,
+            },
+        );
+        if self.shutting_down {
+            self.close(id, CloseCode::ServerShutdown, "server is shutting down");
+        }
+        id
+    }
+
+    /// The connection is gone (closed by either side). Forgets its subscriptions.
+    pub fn disconnect(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.remove(&session) {
+            for doc in s.docs {
+                self.drop_sub(&doc, session);
+            }
+        }
+    }
+
+    /// A binary frame arrived.
+    pub fn handle_frame(&mut self, session: SessionId, frame: &[u8], now_ms: u64) {
+        let limit = self.config.limits.max_frame_bytes as usize;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.closed {
+            return;
+        }
+        s.last_seen_ms = now_ms;
+        match decode_client(frame, limit) {
+            Ok(msg) => self.handle_msg(session, msg, now_ms),
+            Err(e) => self.refuse_frame(session, &e),
+        }
+    }
+
+    /// A text frame arrived: the protocol is binary only.
+    pub fn handle_text(&mut self, session: SessionId) {
+        self.error(
+            session,
+            ErrorCode::TextFrame,
+            "text frames are not part of the protocol",
+            None,
+        );
+        self.close(session, CloseCode::ProtocolViolation, "text frame");
+    }
+
+    /// A frame was larger than the transport allows (the shell's reader refused it).
+    pub fn handle_oversize(&mut self, session: SessionId, size: usize) {
+        let e = FrameError::TooLarge {
+            size,
+            limit: self.config.limits.max_frame_bytes as usize,
+        };
+        self.refuse_frame(session, &e);
+    }
+
+    fn refuse_frame(&mut self, session: SessionId, e: &FrameError) {
+        self.error(session, e.code(), &e.to_string(), None);
+        self.close(session, e.close_code(), &e.to_string());
+    }
+
+    /// Time passes: closes connections that never said Hello or went silent.
+    pub fn tick(&mut self, now_ms: u64) {
+        let silent = self.config.heartbeat_ms.saturating_mul(2);
+        let mut expired = Vec::new();
+        for (id, s) in &self.sessions {
+            if s.closed {
+                continue;
+            }
+            match s.handshake {
+                Handshake::AwaitingHello { since_ms }
+                    if now_ms.saturating_sub(since_ms) > self.config.hello_timeout_ms =>
+                {
+                    expired.push((*id, CloseCode::HelloTimeout));
+                }
+                Handshake::Ready { .. } if now_ms.saturating_sub(s.last_seen_ms) > silent => {
+                    expired.push((*id, CloseCode::HeartbeatTimeout));
+                }
+                _ => {}
+            }
+        }
+        expired.sort_by_key(|(id, _)| *id);
+        for (id, code) in expired {
+            self.close(id, code, "timed out");
+        }
+    }
+
+    /// Stop: every session is closed with `ServerShutdown`; new connections are refused.
+    /// Pending appends still report (the shell drains them before closing the log).
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            self.close(id, CloseCode::ServerShutdown, "server is shutting down");
+        }
+    }
+
+    /// Appends that were requested and not yet reported.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            sessions: self.sessions.len(),
+            subscriptions: self.docs.values().map(|d| d.subs.len()).sum(),
+            docs: self.docs.len(),
+        }
+    }
+
+    /// Documents with at least one subscriber (the shell keeps these materializable).
+    pub fn subscribed_docs(&self) -> Vec<DocId> {
+        let mut v: Vec<DocId> = self.docs.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// The next request or frame for the shell.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn handle_msg(&mut self, session: SessionId, msg: ClientMsg, now_ms: u64) {
+        let ready = matches!(
+            self.sessions.get(&session).map(|s| &s.handshake),
+            Some(Handshake::Ready { .. })
+        );
+        match msg {
+            ClientMsg::Hello {
+                protocol,
+                client_id,
+                token,
+            } => {
+                if ready {
+                    self.error(
+                        session,
+                        ErrorCode::DuplicateHello,
+                        "Hello was already sent",
+                        None,
+                    );
+                    self.close(session, CloseCode::ProtocolViolation, "second Hello");
+                } else {
+                    self.hello(session, protocol, client_id, token.as_deref(), now_ms);
+                }
+            }
+            _ if !ready => {
+                self.error(session, ErrorCode::HelloRequired, "send Hello first", None);
+                self.close(
+                    session,
+                    CloseCode::ProtocolViolation,
+                    "message before Hello",
+                );
+            }
+            ClientMsg::Ping { nonce } => self.send(
+                session,
+                &ServerMsg::Pong {
+                    nonce,
+                    server_time_ms: now_ms,
+                },
+            ),
+            ClientMsg::Subscribe { doc, after } => self.subscribe(session, doc, after),
+            ClientMsg::Unsubscribe { doc } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.docs.remove(&doc);
+                }
+                self.drop_sub(&doc, session);
+            }
+            ClientMsg::Push { doc, changes } => self.push(session, doc, changes),
+            other => {
+                let doc = match &other {
+                    ClientMsg::Mutate { doc, .. }
+                    | ClientMsg::Lock { doc, .. }
+                    | ClientMsg::RenewLock { doc, .. }
+                    | ClientMsg::Unlock { doc, .. }
+                    | ClientMsg::Presence { doc, .. }
+                    | ClientMsg::SyncMsg { doc, .. } => Some(*doc),
+                    _ => None,
+                };
+                self.error(
+                    session,
+                    ErrorCode::Internal,
+                    &format!("{} is not implemented by this server yet", other.kind()),
+                    doc,
+                );
+            }
+        }
+    }
+
+    fn hello(
+        &mut self,
+        session: SessionId,
+        protocol: u16,
+        client: ClientId,
+        token: Option<&str>,
+        now_ms: u64,
+    ) {
+        if protocol != PROTOCOL_VERSION {
+            self.error(
+                session,
+                ErrorCode::UnsupportedProtocol,
+                &format!(
+                    "protocol {protocol} is not supported (this server speaks {PROTOCOL_VERSION})"
+                ),
+                None,
+            );
+            self.close(
+                session,
+                CloseCode::UnsupportedProtocol,
+                "unsupported protocol",
+            );
+            return;
+        }
+        let identity = match self.auth.authenticate(token, now_ms) {
+            Ok(i) => i,
+            Err(e) => {
+                self.error(session, e.code, &e.message, None);
+                self.close(session, CloseCode::Unauthorized, &e.message);
+                return;
+            }
+        };
+        let welcome = ServerMsg::Welcome {
+            session,
+            user: identity.user.clone(),
+            roles: identity.roles.clone(),
+            server_time_ms: now_ms,
+            heartbeat_ms: self.config.heartbeat_ms,
+            limits: self.config.limits.clone(),
+        };
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.handshake = Handshake::Ready { identity };
+            s.client = Some(client);
+        }
+        self.send(session, &welcome);
+    }
+
+    fn subscribe(&mut self, session: SessionId, doc: DocId, after: Option<Position>) {
+        let max_docs = self.config.limits.max_docs as usize;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if !s.docs.contains(&doc) && s.docs.len() >= max_docs {
+            self.error(
+                session,
+                ErrorCode::TooManyDocs,
+                &format!("at most {max_docs} documents per connection"),
+                Some(doc),
+            );
+            return;
+        }
+        s.docs.insert(doc);
+        // Register first, then read: whatever is appended while the read runs is queued.
+        let ticket = self.ticket();
+        self.docs.entry(doc).or_default().subs.insert(
+            session,
+            Sub::CatchingUp {
+                ticket,
+                queued: Vec::new(),
+            },
+        );
+        self.pending
+            .insert(ticket, Pending::Catchup { doc, session });
+        self.out.push_back(Output::Catchup { ticket, doc, after });
+    }
+
+    fn push(&mut self, session: SessionId, doc: DocId, changes: Vec<Blob>) {
+        let limits = &self.config.limits;
+        let subscribed = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.docs.contains(&doc));
+        let refusal = if !subscribed {
+            Some(Refusal::new(
+                ErrorCode::NotSubscribed,
+                "subscribe to the document before pushing to it",
+            ))
+        } else if changes.is_empty() || changes.len() > limits.max_push_changes as usize {
+            Some(Refusal::new(
+                ErrorCode::TooManyChanges,
+                format!(
+                    "a push holds 1 to {} changes, not {}",
+                    limits.max_push_changes,
+                    changes.len()
+                ),
+            ))
+        } else {
+            changes
+                .iter()
+                .find(|c| c.len() > limits.max_change_bytes as usize)
+                .map(|c| {
+                    Refusal::new(
+                        ErrorCode::ChangeTooLarge,
+                        format!(
+                            "a change of {} bytes is over the limit of {}",
+                            c.len(),
+                            limits.max_change_bytes
+                        ),
+                    )
+                })
+        };
+        if let Some(r) = refusal {
+            self.error(session, r.code, &r.message, Some(doc));
+            return;
+        }
+        let Some(Session {
+            handshake: Handshake::Ready { identity },
+            ..
+        }) = self.sessions.get(&session)
+        else {
+            return;
+        };
+        let author = PushAuthor {
+            user: identity.user.clone(),
+            session,
+        };
+        let ticket = self.ticket();
+        self.pending.insert(ticket, Pending::Push { doc, session });
+        self.out.push_back(Output::Append {
+            ticket,
+            doc,
+            author,
+            changes,
+        });
+    }
+
+    /// The shell's answer to [`Output::Append`]: durable, or refused with nothing written.
+    /// `changes` must be the pushed changes in push order (to fan out the new ones).
+    pub fn handle_appended(
+        &mut self,
+        ticket: Ticket,
+        changes: &[Blob],
+        result: Result<Appended, Refusal>,
+    ) {
+        let Some(Pending::Push { doc, session }) = self.pending.remove(&ticket) else {
+            return;
+        };
+        let appended = match result {
+            Ok(a) => a,
+            Err(r) => {
+                self.error(session, r.code, &r.message, Some(doc));
+                return;
+            }
+        };
+        let d = self.docs.entry(doc).or_default();
+        d.epoch = Some(appended.epoch);
+        let heads: Vec<ChangeHash> = appended.changes.iter().map(|c| c.hash).collect();
+        let new: Vec<(Seq, &Blob)> = appended
+            .changes
+            .iter()
+            .zip(changes)
+            .filter(|(c, _)| c.new)
+            .map(|(c, b)| (c.seq, b))
+            .collect();
+        let range = new.first().zip(new.last()).map(|(a, b)| (a.0, b.0));
+        let upto = appended
+            .changes
+            .iter()
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or(Seq(0));
+        let ack = Item::Ack {
+            upto,
+            heads,
+            new: range,
+        };
+        self.deliver(doc, session, ack);
+        if let Some((from, _)) = range {
+            let blobs: Vec<Blob> = new.into_iter().map(|(_, b)| b.clone()).collect();
+            let msg = ServerMsg::Changes {
+                doc,
+                epoch: appended.epoch,
+                from_seq: from,
+                changes: blobs,
+            };
+            let Some(frame) = self.encode(&msg) else {
+                return;
+            };
+            let ServerMsg::Changes { changes, .. } = msg else {
+                return;
+            };
+            let item = Item::Changes {
+                from,
+                changes: std::sync::Arc::new(changes),
+                frame,
+            };
+            let others: Vec<SessionId> = self
+                .docs
+                .get(&doc)
+                .map(|d| d.subs.keys().copied().filter(|s| *s != session).collect())
+                .unwrap_or_default();
+            for other in others {
+                self.deliver(doc, other, item.clone());
+            }
+        }
+    }
+
+    /// Sends an item to a subscriber now, or queues it while the subscriber catches up.
+    fn deliver(&mut self, doc: DocId, session: SessionId, item: Item) {
+        let Some(sub) = self
+            .docs
+            .get_mut(&doc)
+            .and_then(|d| d.subs.get_mut(&session))
+        else {
+            // Not subscribed any more; an Ack still goes to the pusher.
+            if let Item::Ack { upto, heads, new } = item {
+                self.send(
+                    session,
+                    &ServerMsg::Ack {
+                        doc,
+                        upto_seq: upto,
+                        heads,
+                        new,
+                    },
+                );
+            }
+            return;
+        };
+        match sub {
+            Sub::CatchingUp { queued, .. } => queued.push(item),
+            Sub::Live => self.send_item(doc, session, item),
+        }
+    }
+
+    fn send_item(&mut self, doc: DocId, session: SessionId, item: Item) {
+        match item {
+            Item::Changes { frame, .. } => self.send_frame(session, frame),
+            Item::Ack { upto, heads, new } => self.send(
+                session,
+                &ServerMsg::Ack {
+                    doc,
+                    upto_seq: upto,
+                    heads,
+                    new,
+                },
+            ),
+        }
+    }
+
+    /// The shell's answer to [`Output::Catchup`].
+    pub fn handle_catchup(&mut self, ticket: Ticket, result: Result<Catchup, Refusal>) {
+        let Some(Pending::Catchup { doc, session }) = self.pending.remove(&ticket) else {
+            return;
+        };
+        // A newer Subscribe for the same doc replaced this one: ignore the stale answer.
+        let queued = match self
+            .docs
+            .get_mut(&doc)
+            .and_then(|d| d.subs.get_mut(&session))
+        {
+            Some(Sub::CatchingUp { ticket: t, queued }) if *t == ticket => std::mem::take(queued),
+            _ => return,
+        };
+        let catchup = match result {
+            Ok(c) => c,
+            Err(r) => {
+                self.error(session, r.code, &r.message, Some(doc));
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.docs.remove(&doc);
+                }
+                self.drop_sub(&doc, session);
+                return;
+            }
+        };
+        let (epoch, through) = match catchup {
+            Catchup::Replay {
+                epoch,
+                from_seq,
+                entries,
+            } => {
+                let through = Seq((from_seq.get() + entries.len() as u64).saturating_sub(1));
+                self.send_replay(session, doc, epoch, from_seq, entries);
+                (epoch, through)
+            }
+            Catchup::Snapshot {
+                epoch,
+                seq,
+                bytes,
+                tail,
+                reconcile,
+            } => {
+                let size = bytes.len() + 64;
+                if size > self.config.limits.max_server_frame_bytes as usize {
+                    self.error(
+                        session,
+                        ErrorCode::SnapshotTooLarge,
+                        &format!("the snapshot is {size} bytes, over the frame limit"),
+                        Some(doc),
+                    );
+                    self.drop_sub(&doc, session);
+                    return;
+                }
+                self.send(
+                    session,
+                    &ServerMsg::Snapshot {
+                        doc,
+                        epoch,
+                        seq,
+                        bytes,
+                        reconcile,
+                    },
+                );
+                let through = Seq(seq.get() + tail.len() as u64);
+                self.send_replay(session, doc, epoch, seq.next(), tail);
+                (epoch, through)
+            }
+        };
+        let d = self.docs.entry(doc).or_default();
+        d.epoch = Some(epoch);
+        if let Some(sub) = d.subs.get_mut(&session) {
+            *sub = Sub::Live;
+        }
+        self.send(
+            session,
+            &ServerMsg::Live {
+                doc,
+                epoch,
+                seq: through,
+            },
+        );
+        // What was released while the read ran, minus what the read covered.
+        for item in queued {
+            match item {
+                Item::Changes {
+                    from, ref changes, ..
+                } => {
+                    let end = Seq((from.get() + changes.len() as u64).saturating_sub(1));
+                    if end <= through {
+                        continue;
+                    }
+                    if from > through {
+                        self.send_item(doc, session, item);
+                        continue;
+                    }
+                    let skip = (through.get() - from.get() + 1) as usize;
+                    let rest = changes[skip..].to_vec();
+                    self.send(
+                        session,
+                        &ServerMsg::Changes {
+                            doc,
+                            epoch,
+                            from_seq: through.next(),
+                            changes: rest,
+                        },
+                    );
+                }
+                Item::Ack { upto, heads, new } => {
+                    // The client's own changes the read already covered are not "new" to it.
+                    let new = new
+                        .filter(|(_, to)| *to > through)
+                        .map(|(from, to)| (from.max(through.next()), to));
+                    self.send(
+                        session,
+                        &ServerMsg::Ack {
+                            doc,
+                            upto_seq: upto,
+                            heads,
+                            new,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends entries in frames of about `replay_frame_bytes`.
+    fn send_replay(
+        &mut self,
+        session: SessionId,
+        doc: DocId,
+        epoch: Epoch,
+        from_seq: Seq,
+        entries: Vec<Blob>,
+    ) {
+        let budget = self.config.replay_frame_bytes.max(1);
+        let mut from = from_seq;
+        let mut frame: Vec<Blob> = Vec::new();
+        let mut bytes = 0usize;
+        for e in entries {
+            if !frame.is_empty() && bytes + e.len() > budget {
+                let n = frame.len() as u64;
+                self.send(
+                    session,
+                    &ServerMsg::Changes {
+                        doc,
+                        epoch,
+                        from_seq: from,
+                        changes: std::mem::take(&mut frame),
+                    },
+                );
+                from = Seq(from.get() + n);
+                bytes = 0;
+            }
+            bytes += e.len();
+            frame.push(e);
+        }
+        if !frame.is_empty() {
+            self.send(
+                session,
+                &ServerMsg::Changes {
+                    doc,
+                    epoch,
+                    from_seq: from,
+                    changes: frame,
+                },
+            );
+        }
+    }
+
+    fn drop_sub(&mut self, doc: &DocId, session: SessionId) {
+        if let Some(d) = self.docs.get_mut(doc) {
+            d.subs.remove(&session);
+            if d.subs.is_empty() {
+                self.docs.remove(doc);
+            }
+        }
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        let t = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        t
+    }
+
+    fn encode(&mut self, msg: &ServerMsg) -> Option<Bytes> {
+        match encode_server(msg) {
+            Ok(f) => Some(Bytes::from(f)),
+            Err(e) => {
+                tracing::error!(error = %e, kind = msg.kind(), "could not encode a message");
+                None
+            }
+        }
+    }
+
+    fn send(&mut self, session: SessionId, msg: &ServerMsg) {
+        if let Some(frame) = self.encode(msg) {
+            self.send_frame(session, frame);
+        }
+    }
+
+    fn send_frame(&mut self, session: SessionId, frame: Bytes) {
+        if self.sessions.get(&session).is_some_and(|s| !s.closed) {
+            self.out.push_back(Output::Send { session, frame });
+        }
+    }
+
+    fn error(&mut self, session: SessionId, code: ErrorCode, message: &str, doc: Option<DocId>) {
+        self.send(
+            session,
+            &ServerMsg::Error {
+                code,
+                message: message.to_string(),
+                doc,
+            },
+        );
+    }
+
+    fn close(&mut self, session: SessionId, code: CloseCode, reason: &str) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.closed {
+            return;
+        }
+        s.closed = true;
+        let docs = std::mem::take(&mut s.docs);
+        for doc in docs {
+            self.drop_sub(&doc, session);
+        }
+        self.out.push_back(Output::Close {
+            session,
+            code,
+            reason: reason.to_string(),
+        });
+    }
+}

@@ -1,0 +1,495 @@
+//! The client session: per-document positions, unacknowledged changes and received batches.
+//!
+//! The shell owns the automerge documents and the on-disk store; this state machine decides
+//! what to send and what the shell must apply or persist:
+//! - local changes are queued with [`ClientSession::add_local`] and pushed in order, one push
+//!   in flight per document, again from the first unacknowledged one after every reconnect
+//!   (the server's dedup makes a re-push safe);
+//! - received changes accumulate per document until the shell takes them with
+//!   [`ClientSession::take_incoming`]: whatever arrived while the previous batch was being
+//!   applied goes into the next single apply;
+//! - the position a batch brings is persisted by the shell *after* applying the batch, so a
+//!   crash can only make the client ask for entries again, never skip them.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use converge_proto::{
+    Blob, ChangeHash, ClientId, ClientMsg, DocId, Epoch, ErrorCode, Limits, PROTOCOL_VERSION,
+    Position, Seq, ServerMsg, SessionId, UserId,
+};
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Most changes per push (lowered to the server's limit after Welcome).
+    pub max_push_changes: usize,
+    /// Most change bytes per push.
+    pub max_push_bytes: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_push_changes: 256,
+            max_push_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Received state for the shell to apply, in one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingBatch {
+    pub doc: DocId,
+    /// Replace the document with this snapshot first (merging in local changes the server
+    /// may lack when `reconcile` is set).
+    pub snapshot: Option<Blob>,
+    pub reconcile: bool,
+    /// Changes to apply after it, in log order (empty blobs carry no change).
+    pub changes: Vec<Vec<u8>>,
+    /// Persist this position once the batch is applied.
+    pub position: Position,
+}
+
+/// What the shell should know about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The handshake finished.
+    Welcome { session: SessionId, user: UserId },
+    /// Received state waits in [`ClientSession::take_incoming`] for this document.
+    Incoming { doc: DocId },
+    /// These local changes are durable on the server. `position`: persist it now (the
+    /// acknowledged entries are the client's own, already in its document).
+    Acked {
+        doc: DocId,
+        hashes: Vec<ChangeHash>,
+        position: Option<Position>,
+    },
+    /// The document caught up with the server and is live.
+    Live { doc: DocId, position: Position },
+    /// The server refused these local changes for good; they were taken off the queue.
+    Refused {
+        doc: DocId,
+        hashes: Vec<ChangeHash>,
+        code: ErrorCode,
+        message: String,
+    },
+    /// An error reply that is not about a push.
+    Error {
+        code: ErrorCode,
+        message: String,
+        doc: Option<DocId>,
+    },
+    /// A Pong: the round trip took `rtt_ms`.
+    Pong { rtt_ms: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    hash: ChangeHash,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct DocState {
+    position: Option<Position>,
+    pending: VecDeque<Pending>,
+    /// How many of the first pending changes are in the push on the wire.
+    in_flight: usize,
+    /// Subscribe was sent on this connection.
+    subscribed: bool,
+    live: bool,
+    incoming: Option<IncomingBatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    Offline,
+    AwaitingWelcome,
+    Online,
+}
+
+/// The client's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct ClientSession {
+    client_id: ClientId,
+    token: Option<String>,
+    config: SessionConfig,
+    conn: Conn,
+    docs: BTreeMap<DocId, DocState>,
+    out: VecDeque<ClientMsg>,
+    events: VecDeque<SessionEvent>,
+    pings: BTreeMap<u64, u64>,
+    next_nonce: u64,
+    limits: Option<Limits>,
+}
+
+impl ClientSession {
+    pub fn new(client_id: ClientId, token: Option<String>, config: SessionConfig) -> Self {
+        ClientSession {
+            client_id,
+            token,
+            config,
+            conn: Conn::Offline,
+            docs: BTreeMap::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            pings: BTreeMap::new(),
+            next_nonce: 1,
+            limits: None,
+        }
+    }
+
+    pub fn client_id(&self) -> ClientId {
+        self.client_id
+    }
+
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    /// Starts tracking a document at a persisted position with persisted unacknowledged
+    /// changes (in the order they were made). Subscribes at once when online.
+    pub fn open(&mut self, doc: DocId, position: Option<Position>, pending: Vec<Vec<u8>>) {
+        let d = self.docs.entry(doc).or_default();
+        d.position = position;
+        d.pending = pending
+            .into_iter()
+            .map(|bytes| Pending {
+                hash: hash_of(&bytes),
+                bytes,
+            })
+            .collect();
+        if self.conn == Conn::Online {
+            self.subscribe(doc);
+        }
+    }
+
+    /// Stops tracking a document.
+    pub fn close_doc(&mut self, doc: &DocId) {
+        if self.docs.remove(doc).is_some() && self.conn == Conn::Online {
+            self.out.push_back(ClientMsg::Unsubscribe { doc: *doc });
+        }
+    }
+
+    /// Local changes the shell made (and persisted), in order.
+    pub fn add_local(&mut self, doc: DocId, changes: Vec<Vec<u8>>) {
+        let d = self.docs.entry(doc).or_default();
+        for bytes in changes {
+            d.pending.push_back(Pending {
+                hash: hash_of(&bytes),
+                bytes,
+            });
+        }
+        self.push_next(doc);
+    }
+
+    /// A connection is up: the session says Hello.
+    pub fn connected(&mut self) {
+        self.conn = Conn::AwaitingWelcome;
+        self.out.clear();
+        self.out.push_back(ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: self.client_id,
+            token: self.token.clone(),
+        });
+    }
+
+    /// The connection is gone. Nothing is lost: pending changes are pushed again later.
+    pub fn disconnected(&mut self) {
+        self.conn = Conn::Offline;
+        self.out.clear();
+        self.pings.clear();
+        for d in self.docs.values_mut() {
+            d.in_flight = 0;
+            d.subscribed = false;
+            d.live = false;
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.conn == Conn::Online
+    }
+
+    /// A heartbeat: returns the Ping to send (also queued in the outbox).
+    pub fn ping(&mut self, now_ms: u64) {
+        if self.conn != Conn::Online {
+            return;
+        }
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        self.pings.insert(nonce, now_ms);
+        // Only the newest few pings are kept: an unanswered one is the shell's timeout to judge.
+        while self.pings.len() > 8 {
+            self.pings.pop_first();
+        }
+        self.out.push_back(ClientMsg::Ping { nonce });
+    }
+
+    /// Pings sent and not answered, oldest first (send time in ms).
+    pub fn oldest_unanswered_ping(&self) -> Option<u64> {
+        self.pings.values().min().copied()
+    }
+
+    /// The next message to send.
+    pub fn poll_send(&mut self) -> Option<ClientMsg> {
+        self.out.pop_front()
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Received state for `doc`, all of it in one batch.
+    pub fn take_incoming(&mut self, doc: &DocId) -> Option<IncomingBatch> {
+        self.docs.get_mut(doc).and_then(|d| d.incoming.take())
+    }
+
+    /// Documents tracked.
+    pub fn docs(&self) -> Vec<DocId> {
+        self.docs.keys().copied().collect()
+    }
+
+    /// The position the session has received through (applied or waiting to be).
+    pub fn position(&self, doc: &DocId) -> Option<Position> {
+        self.docs.get(doc).and_then(|d| d.position)
+    }
+
+    /// Unacknowledged local changes of a document.
+    pub fn pending_count(&self, doc: &DocId) -> usize {
+        self.docs.get(doc).map_or(0, |d| d.pending.len())
+    }
+
+    pub fn pending_total(&self) -> usize {
+        self.docs.values().map(|d| d.pending.len()).sum()
+    }
+
+    /// Whether the document is live on the current connection.
+    pub fn is_live(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(|d| d.live)
+    }
+
+    /// A frame from the server, decoded.
+    pub fn handle(&mut self, msg: ServerMsg, now_ms: u64) {
+        match msg {
+            ServerMsg::Welcome {
+                session,
+                user,
+                limits,
+                ..
+            } => {
+                self.conn = Conn::Online;
+                self.config.max_push_changes = self
+                    .config
+                    .max_push_changes
+                    .min(limits.max_push_changes as usize)
+                    .max(1);
+                self.config.max_push_bytes = self
+                    .config
+                    .max_push_bytes
+                    .min((limits.max_frame_bytes as usize).saturating_sub(4096))
+                    .max(1);
+                self.limits = Some(limits);
+                self.events
+                    .push_back(SessionEvent::Welcome { session, user });
+                let docs: Vec<DocId> = self.docs.keys().copied().collect();
+                for doc in docs {
+                    self.subscribe(doc);
+                }
+            }
+            ServerMsg::Snapshot {
+                doc,
+                epoch,
+                seq,
+                bytes,
+                reconcile,
+            } => {
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return;
+                };
+                let position = Position { epoch, seq };
+                d.position = Some(position);
+                // A snapshot supersedes whatever was waiting.
+                d.incoming = Some(IncomingBatch {
+                    doc,
+                    snapshot: Some(bytes),
+                    reconcile,
+                    changes: Vec::new(),
+                    position,
+                });
+                self.events.push_back(SessionEvent::Incoming { doc });
+            }
+            ServerMsg::Changes {
+                doc,
+                epoch,
+                from_seq,
+                changes,
+            } => self.changes(doc, epoch, from_seq, changes),
+            ServerMsg::Live { doc, epoch, seq } => {
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return;
+                };
+                d.live = true;
+                let position = Position { epoch, seq };
+                if d.position.is_none_or(|p| p.epoch != epoch || p.seq < seq) {
+                    // The stream is empty, or the replay was empty: nothing to apply, but
+                    // the position is the server's.
+                    d.position = Some(position);
+                }
+                self.events.push_back(SessionEvent::Live { doc, position });
+                self.push_next(doc);
+            }
+            ServerMsg::Ack {
+                doc, heads, new, ..
+            } => self.ack(doc, heads, new),
+            ServerMsg::Error { code, message, doc } => self.error(code, message, doc),
+            ServerMsg::Pong { nonce, .. } => {
+                if let Some(sent) = self.pings.remove(&nonce) {
+                    // Older pings were answered out of order or lost; they no longer count.
+                    self.pings.retain(|n, _| *n > nonce);
+                    self.events.push_back(SessionEvent::Pong {
+                        rtt_ms: now_ms.saturating_sub(sent),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn subscribe(&mut self, doc: DocId) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        d.subscribed = true;
+        d.live = false;
+        d.in_flight = 0;
+        let after = d.position;
+        self.out.push_back(ClientMsg::Subscribe { doc, after });
+    }
+
+    fn changes(&mut self, doc: DocId, epoch: Epoch, from_seq: Seq, changes: Vec<Blob>) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let expected = d
+            .position
+            .filter(|p| p.epoch == epoch)
+            .map_or(Seq(1), |p| p.seq.next());
+        if from_seq != expected {
+            // A frame that does not continue the stream: never guess. Ask again from what
+            // is held; the server answers with a replay or a snapshot.
+            tracing::warn!(%doc, got = from_seq.get(), expected = expected.get(), "stream gap; resubscribing");
+            self.subscribe(doc);
+            return;
+        }
+        let position = Position {
+            epoch,
+            seq: Seq((from_seq.get() + changes.len() as u64).saturating_sub(1)),
+        };
+        d.position = Some(position);
+        let batch = d.incoming.get_or_insert_with(|| IncomingBatch {
+            doc,
+            snapshot: None,
+            reconcile: false,
+            changes: Vec::new(),
+            position,
+        });
+        let was_empty = batch.snapshot.is_none() && batch.changes.is_empty();
+        batch
+            .changes
+            .extend(changes.into_iter().map(Blob::into_vec));
+        batch.position = position;
+        if was_empty {
+            self.events.push_back(SessionEvent::Incoming { doc });
+        }
+    }
+
+    fn ack(&mut self, doc: DocId, heads: Vec<ChangeHash>, new: Option<(Seq, Seq)>) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        // One Ack answers one whole push.
+        d.pending.retain(|p| !heads.contains(&p.hash));
+        d.in_flight = 0;
+        let mut persist = None;
+        if let (Some((from, to)), Some(p)) = (new, d.position)
+            && from == p.seq.next()
+        {
+            let position = Position {
+                epoch: p.epoch,
+                seq: to,
+            };
+            d.position = Some(position);
+            match &mut d.incoming {
+                // Persisted together with the batch that precedes it.
+                Some(batch) => batch.position = position,
+                None => persist = Some(position),
+            }
+        }
+        self.events.push_back(SessionEvent::Acked {
+            doc,
+            hashes: heads,
+            position: persist,
+        });
+        self.push_next(doc);
+    }
+
+    fn error(&mut self, code: ErrorCode, message: String, doc: Option<DocId>) {
+        let push_refusal = matches!(code.code(), 4000..=4999);
+        if let (true, Some(doc)) = (push_refusal, doc)
+            && let Some(d) = self.docs.get_mut(&doc)
+            && d.in_flight > 0
+        {
+            let refused: Vec<ChangeHash> = d.pending.drain(..d.in_flight).map(|p| p.hash).collect();
+            d.in_flight = 0;
+            self.events.push_back(SessionEvent::Refused {
+                doc,
+                hashes: refused,
+                code,
+                message,
+            });
+            self.push_next(doc);
+            return;
+        }
+        if let (ErrorCode::NotSubscribed, Some(doc)) = (code, doc)
+            && let Some(d) = self.docs.get_mut(&doc)
+        {
+            d.in_flight = 0;
+        }
+        self.events
+            .push_back(SessionEvent::Error { code, message, doc });
+    }
+
+    /// Pushes the next group of pending changes if none is in flight and the doc is live.
+    fn push_next(&mut self, doc: DocId) {
+        if self.conn != Conn::Online {
+            return;
+        }
+        let (max_n, max_bytes) = (self.config.max_push_changes, self.config.max_push_bytes);
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        if !d.live || d.in_flight > 0 || d.pending.is_empty() {
+            return;
+        }
+        let mut changes = Vec::new();
+        let mut bytes = 0;
+        for p in d.pending.iter().take(max_n) {
+            if !changes.is_empty() && bytes + p.bytes.len() > max_bytes {
+                break;
+            }
+            bytes += p.bytes.len();
+            changes.push(Blob(p.bytes.clone()));
+        }
+        d.in_flight = changes.len();
+        self.out.push_back(ClientMsg::Push { doc, changes });
+    }
+}
+
+/// The automerge hash of a change's bytes (all zeros for bytes that are not a change; the
+/// server refuses those and the session reports them).
+fn hash_of(bytes: &[u8]) -> ChangeHash {
+    automerge::Change::from_bytes(bytes.to_vec())
+        .map(|c| ChangeHash(c.hash().0))
+        .unwrap_or(ChangeHash([0; 32]))
+}
