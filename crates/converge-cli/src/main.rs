@@ -11,10 +11,15 @@ use converge_proto::{DocId, Seq, UserId};
 use converge_schema::{DocKind, to_json};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod serve;
+
 /// converge: an event-sourced sync engine. Documents live in an append-only log.
 #[derive(Debug, Parser)]
 #[command(name = "converge", version, about)]
 struct Cli {
+    /// Log as JSON lines instead of text (the filter is CONVERGE_LOG, e.g. `info,converge_server=debug`).
+    #[arg(long, global = true, env = "CONVERGE_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +33,24 @@ struct DataDir {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the server: the native protocol on /ws, health on /healthz and /readyz. Stops
+    /// gracefully on Ctrl-C or SIGTERM (closes sessions, flushes the log).
+    Serve {
+        /// Where to listen.
+        #[arg(long, env = "CONVERGE_ADDR", default_value = "127.0.0.1:7070")]
+        addr: std::net::SocketAddr,
+        #[command(flatten)]
+        data: DataDir,
+        /// `fsync` (an acknowledged change is on disk) or `buffered` (flushed every
+        /// --flush-every-ms; a crash can lose that much acknowledged work).
+        #[arg(long, env = "CONVERGE_DURABILITY", default_value = "fsync", value_parser = ["fsync", "buffered"])]
+        durability: String,
+        #[arg(long, env = "CONVERGE_FLUSH_EVERY_MS", default_value_t = 100)]
+        flush_every_ms: u64,
+        /// Largest frame a client may send, in bytes.
+        #[arg(long, env = "CONVERGE_MAX_FRAME_BYTES", default_value_t = converge_proto::DEFAULT_MAX_FRAME_BYTES)]
+        max_frame_bytes: usize,
+    },
     /// Creates a document from a JSON file and prints its id as the last line.
     Import {
         /// The JSON file (the document's typed shape; see docs/schema.md).
@@ -72,15 +95,35 @@ fn parse_kind(s: &str) -> Result<DocKind, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONVERGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVERGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
     let result = match cli.command {
+        Command::Serve {
+            addr,
+            data,
+            durability,
+            flush_every_ms,
+            max_frame_bytes,
+        } => serve::run(serve::Options {
+            addr,
+            data: data.data,
+            buffered: durability == "buffered",
+            flush_every_ms,
+            max_frame_bytes,
+        }),
         Command::Import { file, kind, data } => import(&file, kind, &data.data),
         Command::Replay { doc, at, data } => replay(&doc, at, &data.data),
         Command::Verify { data } => verify(&data.data),

@@ -297,6 +297,12 @@ impl Hub {
         self.refuse_frame(session, &e);
     }
 
+    /// The shell could not queue a frame for this session (it reads too slowly): it is closed
+    /// rather than let its backlog grow without bound.
+    pub fn handle_slow_consumer(&mut self, session: SessionId) {
+        self.close(session, CloseCode::SlowConsumer, "outbound queue full");
+    }
+
     fn refuse_frame(&mut self, session: SessionId, e: &FrameError) {
         self.error(session, e.code(), &e.to_string(), None);
         self.close(session, e.close_code(), &e.to_string());
@@ -330,8 +336,28 @@ impl Hub {
 
     /// Stop: every session is closed with `ServerShutdown`; new connections are refused.
     /// Pending appends still report (the shell drains them before closing the log).
+    ///
+    /// Sessions are closed once every push already handed to the shell has been reported, so
+    /// the Acks of work accepted before the shutdown still reach their clients. Pushes that
+    /// arrive meanwhile are refused with `ShuttingDown`.
     pub fn shutdown(&mut self) {
         self.shutting_down = true;
+        self.finish_shutdown();
+    }
+
+    /// Whether shutdown began and every accepted push has been answered.
+    pub fn drained(&self) -> bool {
+        self.shutting_down
+            && !self
+                .pending
+                .values()
+                .any(|p| matches!(p, Pending::Push { .. }))
+    }
+
+    fn finish_shutdown(&mut self) {
+        if !self.drained() {
+            return;
+        }
         let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         ids.sort();
         for id in ids {
@@ -512,7 +538,12 @@ impl Hub {
             .sessions
             .get(&session)
             .is_some_and(|s| s.docs.contains(&doc));
-        let refusal = if !subscribed {
+        let refusal = if self.shutting_down {
+            Some(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; push again after reconnecting",
+            ))
+        } else if !subscribed {
             Some(Refusal::new(
                 ErrorCode::NotSubscribed,
                 "subscribe to the document before pushing to it",
@@ -574,6 +605,13 @@ impl Hub {
         changes: &[Blob],
         result: Result<Appended, Refusal>,
     ) {
+        self.appended(ticket, changes, result);
+        if self.shutting_down {
+            self.finish_shutdown();
+        }
+    }
+
+    fn appended(&mut self, ticket: Ticket, changes: &[Blob], result: Result<Appended, Refusal>) {
         let Some(Pending::Push { doc, session }) = self.pending.remove(&ticket) else {
             return;
         };
@@ -584,8 +622,9 @@ impl Hub {
                 return;
             }
         };
-        let d = self.docs.entry(doc).or_default();
-        d.epoch = Some(appended.epoch);
+        if let Some(d) = self.docs.get_mut(&doc) {
+            d.epoch = Some(appended.epoch);
+        }
         let heads: Vec<ChangeHash> = appended.changes.iter().map(|c| c.hash).collect();
         let new: Vec<(Seq, &Blob)> = appended
             .changes
@@ -729,6 +768,9 @@ impl Hub {
                         &format!("the snapshot is {size} bytes, over the frame limit"),
                         Some(doc),
                     );
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.docs.remove(&doc);
+                    }
                     self.drop_sub(&doc, session);
                     return;
                 }

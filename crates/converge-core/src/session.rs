@@ -99,6 +99,8 @@ struct DocState {
     subscribed: bool,
     live: bool,
     incoming: Option<IncomingBatch>,
+    /// Isolating a refused change: push one change at a time.
+    one_at_a_time: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,15 +311,23 @@ impl ClientSession {
                 };
                 let position = Position { epoch, seq };
                 d.position = Some(position);
-                // A snapshot supersedes whatever was waiting.
-                d.incoming = Some(IncomingBatch {
+                // Changes still waiting are kept: applying them after the snapshot and the
+                // merge is harmless (automerge skips what it has) and keeps anything of the
+                // old stream the snapshot lacks.
+                let was_empty = d.incoming.is_none();
+                let batch = d.incoming.get_or_insert_with(|| IncomingBatch {
                     doc,
-                    snapshot: Some(bytes),
-                    reconcile,
+                    snapshot: None,
+                    reconcile: false,
                     changes: Vec::new(),
                     position,
                 });
-                self.events.push_back(SessionEvent::Incoming { doc });
+                batch.snapshot = Some(bytes);
+                batch.reconcile |= reconcile;
+                batch.position = position;
+                if was_empty {
+                    self.events.push_back(SessionEvent::Incoming { doc });
+                }
             }
             ServerMsg::Changes {
                 doc,
@@ -329,13 +339,18 @@ impl ClientSession {
                 let Some(d) = self.docs.get_mut(&doc) else {
                     return;
                 };
-                d.live = true;
                 let position = Position { epoch, seq };
-                if d.position.is_none_or(|p| p.epoch != epoch || p.seq < seq) {
-                    // The stream is empty, or the replay was empty: nothing to apply, but
-                    // the position is the server's.
-                    d.position = Some(position);
+                match d.position {
+                    Some(p) if p.epoch == epoch && p.seq < seq => {
+                        // Live promises everything through `seq` was sent: a position short
+                        // of it means frames went missing. Never skip: ask again.
+                        tracing::warn!(%doc, have = p.seq.get(), live = seq.get(), "gap before Live; resubscribing");
+                        self.subscribe(doc);
+                        return;
+                    }
+                    _ => d.position = Some(position),
                 }
+                d.live = true;
                 self.events.push_back(SessionEvent::Live { doc, position });
                 self.push_next(doc);
             }
@@ -440,8 +455,17 @@ impl ClientSession {
             && let Some(d) = self.docs.get_mut(&doc)
             && d.in_flight > 0
         {
-            let refused: Vec<ChangeHash> = d.pending.drain(..d.in_flight).map(|p| p.hash).collect();
+            if d.in_flight > 1 {
+                // A push is all or nothing: find the change at fault by pushing one at a
+                // time, so the good changes before it still get through.
+                d.one_at_a_time = true;
+                d.in_flight = 0;
+                self.push_next(doc);
+                return;
+            }
+            let refused: Vec<ChangeHash> = d.pending.drain(..1).map(|p| p.hash).collect();
             d.in_flight = 0;
+            d.one_at_a_time = false;
             self.events.push_back(SessionEvent::Refused {
                 doc,
                 hashes: refused,
@@ -451,9 +475,9 @@ impl ClientSession {
             self.push_next(doc);
             return;
         }
-        if let (ErrorCode::NotSubscribed, Some(doc)) = (code, doc)
-            && let Some(d) = self.docs.get_mut(&doc)
-        {
+        if let Some(d) = doc.and_then(|doc| self.docs.get_mut(&doc)) {
+            // Any other error about the document ends the push on the wire; the changes stay
+            // pending and go out with the next push or after reconnecting.
             d.in_flight = 0;
         }
         self.events
@@ -474,6 +498,7 @@ impl ClientSession {
         }
         let mut changes = Vec::new();
         let mut bytes = 0;
+        let max_n = if d.one_at_a_time { 1 } else { max_n };
         for p in d.pending.iter().take(max_n) {
             if !changes.is_empty() && bytes + p.bytes.len() > max_bytes {
                 break;

@@ -154,6 +154,11 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Makes everything appended so far durable, now.
     fn flush(&self) -> Result<(), LogError>;
 
+    /// A ticket that resolves once everything appended so far is durable. It shares the next
+    /// group-commit flush rather than forcing one: a reader uses it to hand out only durable
+    /// entries.
+    fn durable(&self) -> Durable;
+
     /// Bytes the store occupies on disk (for memory logs: bytes held).
     fn size_on_disk(&self) -> Result<u64, LogError>;
 }

@@ -1190,6 +1190,10 @@ impl EventLog for Log {
         self.committer.flush_now()
     }
 
+    fn durable(&self) -> Durable {
+        self.committer.ticket()
+    }
+
     fn size_on_disk(&self) -> Result<u64, LogError> {
         self.kv.size_on_disk()
     }

@@ -1,7 +1,8 @@
 //! Frames: one version byte, then one bincode-encoded message.
 //!
-//! The size limit is checked before anything is decoded, and decoding is bounded by it, so a
-//! peer cannot make us allocate more than a frame's worth. The one bincode configuration of the
+//! The size limit is checked against the frame before anything is decoded. bincode's own
+//! allocation limit is the hard ceiling; lengths inside a frame that claim more than the frame
+//! holds fail as soon as the bytes run out (serde preallocates at most a small bounded amount). The one bincode configuration of the
 //! wire lives here (standard: varint integers, little endian).
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};

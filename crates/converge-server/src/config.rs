@@ -1,0 +1,39 @@
+//! Server settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use converge_core::HubConfig;
+use converge_log::Durability;
+
+/// Everything `converge serve` can set.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// The sled log lives here (created if missing).
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub hub: HubConfig,
+    /// WebSocket read buffer per connection. axum's default (128 KiB) makes an idle connection
+    /// cost ~108 KiB; 4 KiB keeps it near 5 KiB.
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection (frames are written through at once).
+    pub ws_write_buffer: usize,
+    /// How long shutdown waits for connections to drain before it stops waiting.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("converge-data"),
+            durability: Durability::Fsync,
+            hub: HubConfig::default(),
+            ws_read_buffer: 4 * 1024,
+            ws_write_buffer: 0,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}

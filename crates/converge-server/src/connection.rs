@@ -1,0 +1,110 @@
+//! One task per WebSocket connection: frames in to the hub, frames out from it.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub_task::{ConnOut, HubEvent, OUTBOX};
+
+/// Runs a connection until either side closes it.
+pub(crate) async fn run(socket: WebSocket, hub: mpsc::Sender<HubEvent>) {
+    let (out_tx, mut out_rx) = mpsc::channel(OUTBOX);
+    let (kill_tx, mut kill_rx) = oneshot::channel();
+    let (reply, session) = oneshot::channel();
+    if hub
+        .send(HubEvent::Connect {
+            out: out_tx,
+            kill: kill_tx,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Ok(session) = session.await else { return };
+    let (mut sink, mut stream) = socket.split();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            msg = stream.next(), if reading => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    if hub.send(HubEvent::Frame { session, bytes }).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(_))) => {
+                    let _ = hub.send(HubEvent::Text { session }).await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    // The transport refused the frame (too large, or broken framing): tell the
+                    // hub, which answers with an error and a close; stop reading either way.
+                    reading = false;
+                    match oversize(&e) {
+                        Some(size) => {
+                            let _ = hub.send(HubEvent::Oversize { session, size }).await;
+                        }
+                        None => {
+                            tracing::debug!(%session, error = %e, "websocket read failed");
+                            break;
+                        }
+                    }
+                }
+            },
+            out = out_rx.recv() => match out {
+                Some(ConnOut::Frame(frame)) => {
+                    if sink.send(Message::Binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ConnOut::Close(code, reason)) => {
+                    close(&mut sink, code, reason).await;
+                    break;
+                }
+                None => break,
+            },
+            killed = &mut kill_rx => {
+                if let Ok((code, reason)) = killed {
+                    close(&mut sink, code, reason).await;
+                }
+                break;
+            }
+        }
+    }
+    let _ = hub.send(HubEvent::Disconnect { session }).await;
+}
+
+async fn close(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    code: converge_proto::CloseCode,
+    reason: String,
+) {
+    let mut reason = reason;
+    // A close frame's reason is at most 123 bytes.
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.flush().await;
+}
+
+/// The size of a frame the transport refused for its size, if that is what happened.
+fn oversize(e: &axum::Error) -> Option<usize> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) =
+            err.downcast_ref::<Error>()
+        {
+            return Some(*size);
+        }
+        source = err.source();
+    }
+    None
+}

@@ -1,0 +1,287 @@
+//! The task that owns the [`Hub`], and the writer that executes its appends in order.
+//!
+//! Connections talk to the hub over a bounded channel; the hub's frames go back over one
+//! bounded channel per connection. Appends run on one writer thread, in the order the hub asked
+//! for them (so the log assigns seqs in hub order), and their durability is awaited in that
+//! same order before the hub hears back: the contract in converge-core's hub docs.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use converge_core::{Appended, Catchup, Hub, HubStats, Output, PushAuthor, Refusal, Ticket};
+use converge_log::Durable;
+use converge_proto::{Blob, CloseCode, DocId, ErrorCode, Position, SessionId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::executor::LogExecutor;
+
+/// Frames queued per connection before it counts as a slow consumer.
+pub(crate) const OUTBOX: usize = 1024;
+
+/// What a connection task receives.
+#[derive(Debug)]
+pub(crate) enum ConnOut {
+    Frame(Bytes),
+    Close(CloseCode, String),
+}
+
+/// What the hub task receives.
+#[derive(Debug)]
+pub(crate) enum HubEvent {
+    Connect {
+        out: mpsc::Sender<ConnOut>,
+        kill: oneshot::Sender<(CloseCode, String)>,
+        reply: oneshot::Sender<SessionId>,
+    },
+    Frame {
+        session: SessionId,
+        bytes: Bytes,
+    },
+    Text {
+        session: SessionId,
+    },
+    Oversize {
+        session: SessionId,
+        size: usize,
+    },
+    Disconnect {
+        session: SessionId,
+    },
+    Appended {
+        ticket: Ticket,
+        changes: Vec<Blob>,
+        result: Result<Appended, Refusal>,
+    },
+    Catchup {
+        ticket: Ticket,
+        result: Result<Catchup, Refusal>,
+    },
+    Stats {
+        reply: oneshot::Sender<HubStats>,
+    },
+    /// Close every session, finish pending appends, flush the log, then answer.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+struct Conn {
+    out: mpsc::Sender<ConnOut>,
+    kill: Option<oneshot::Sender<(CloseCode, String)>>,
+}
+
+struct AppendJob {
+    ticket: Ticket,
+    doc: DocId,
+    author: PushAuthor,
+    changes: Vec<Blob>,
+    at_ms: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the hub task, the writer thread and the durability waiter. Returns the hub's inbox
+/// and a flag that turns false once shutdown began (for /readyz).
+pub(crate) fn spawn(
+    hub: Hub,
+    exec: LogExecutor,
+) -> std::io::Result<(mpsc::Sender<HubEvent>, watch::Receiver<bool>)> {
+    let (tx, rx) = mpsc::channel::<HubEvent>(4096);
+    let (ready_tx, ready_rx) = watch::channel(true);
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<AppendJob>();
+    let (wait_tx, wait_rx) = mpsc::unbounded_channel::<(Ticket, Vec<Blob>, WaitFor)>();
+
+    let writer_exec = exec.clone();
+    std::thread::Builder::new()
+        .name("converge-writer".into())
+        .spawn(move || writer(writer_exec, job_rx, wait_tx))?;
+    tokio::spawn(waiter(wait_rx, tx.clone()));
+    tokio::spawn(run(hub, exec, rx, tx.clone(), job_tx, ready_tx));
+    Ok((tx, ready_rx))
+}
+
+enum WaitFor {
+    Durable(Appended, Durable),
+    Refused(Refusal),
+}
+
+/// Appends in hub order. `append` itself only stages the batch (microseconds); the flush
+/// happens in the log's group commit, awaited by the waiter.
+fn writer(
+    exec: LogExecutor,
+    jobs: std::sync::mpsc::Receiver<AppendJob>,
+    wait: mpsc::UnboundedSender<(Ticket, Vec<Blob>, WaitFor)>,
+) {
+    while let Ok(job) = jobs.recv() {
+        let result = match exec.append(&job.doc, &job.author, job.at_ms, &job.changes) {
+            Ok((appended, durable)) => WaitFor::Durable(appended, durable),
+            Err(r) => WaitFor::Refused(r),
+        };
+        if wait.send((job.ticket, job.changes, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Awaits durability in append order, then tells the hub.
+async fn waiter(
+    mut rx: mpsc::UnboundedReceiver<(Ticket, Vec<Blob>, WaitFor)>,
+    hub: mpsc::Sender<HubEvent>,
+) {
+    while let Some((ticket, changes, w)) = rx.recv().await {
+        let result = match w {
+            WaitFor::Durable(appended, durable) => match durable.await {
+                Ok(()) => Ok(appended),
+                Err(e) => {
+                    tracing::error!(error = %e, "log flush failed; the write is not acknowledged");
+                    Err(Refusal::new(ErrorCode::StorageFailed, e.to_string()))
+                }
+            },
+            WaitFor::Refused(r) => Err(r),
+        };
+        if hub
+            .send(HubEvent::Appended {
+                ticket,
+                changes,
+                result,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn run(
+    mut hub: Hub,
+    exec: LogExecutor,
+    mut rx: mpsc::Receiver<HubEvent>,
+    tx: mpsc::Sender<HubEvent>,
+    jobs: std::sync::mpsc::Sender<AppendJob>,
+    ready: watch::Sender<bool>,
+) {
+    let mut conns: HashMap<SessionId, Conn> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown: Option<oneshot::Sender<()>> = None;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    HubEvent::Connect { out, kill, reply } => {
+                        let session = hub.connect(now_ms());
+                        conns.insert(session, Conn { out, kill: Some(kill) });
+                        let _ = reply.send(session);
+                    }
+                    HubEvent::Frame { session, bytes } => hub.handle_frame(session, &bytes, now_ms()),
+                    HubEvent::Text { session } => hub.handle_text(session),
+                    HubEvent::Oversize { session, size } => hub.handle_oversize(session, size),
+                    HubEvent::Disconnect { session } => {
+                        conns.remove(&session);
+                        hub.disconnect(session);
+                    }
+                    HubEvent::Appended { ticket, changes, result } => {
+                        hub.handle_appended(ticket, &changes, result)
+                    }
+                    HubEvent::Catchup { ticket, result } => hub.handle_catchup(ticket, result),
+                    HubEvent::Stats { reply } => {
+                        let _ = reply.send(hub.stats());
+                    }
+                    HubEvent::Shutdown { done } => {
+                        let _ = ready.send(false);
+                        hub.shutdown();
+                        shutdown = Some(done);
+                    }
+                }
+            }
+            _ = tick.tick() => hub.tick(now_ms()),
+        }
+        while let Some(out) = hub.poll_output() {
+            match out {
+                Output::Send { session, frame } => {
+                    let Some(c) = conns.get(&session) else {
+                        continue;
+                    };
+                    if c.out.try_send(ConnOut::Frame(frame)).is_err() {
+                        hub.handle_slow_consumer(session);
+                    }
+                }
+                Output::Close {
+                    session,
+                    code,
+                    reason,
+                } => {
+                    if let Some(c) = conns.get_mut(&session)
+                        && let Err(mpsc::error::TrySendError::Full(ConnOut::Close(code, reason))) =
+                            c.out.try_send(ConnOut::Close(code, reason))
+                        && let Some(kill) = c.kill.take()
+                    {
+                        let _ = kill.send((code, reason));
+                    }
+                }
+                Output::Append {
+                    ticket,
+                    doc,
+                    author,
+                    changes,
+                } => {
+                    let job = AppendJob {
+                        ticket,
+                        doc,
+                        author,
+                        changes,
+                        at_ms: now_ms(),
+                    };
+                    if jobs.send(job).is_err() {
+                        tracing::error!("the writer thread is gone");
+                    }
+                }
+                Output::Catchup { ticket, doc, after } => catchup(&exec, &tx, ticket, doc, after),
+            }
+        }
+        if shutdown.is_some() && hub.drained() {
+            let exec = exec.clone();
+            let flushed = tokio::task::spawn_blocking(move || exec.log().flush()).await;
+            match flushed {
+                Ok(Ok(())) => tracing::info!("log flushed; hub stopped"),
+                Ok(Err(e)) => tracing::error!(error = %e, "final log flush failed"),
+                Err(e) => tracing::error!(error = %e, "final log flush panicked"),
+            }
+            if let Some(done) = shutdown.take() {
+                let _ = done.send(());
+            }
+            // Keep serving stats and closes for connections still draining.
+        }
+    }
+}
+
+fn catchup(
+    exec: &LogExecutor,
+    tx: &mpsc::Sender<HubEvent>,
+    ticket: Ticket,
+    doc: DocId,
+    after: Option<Position>,
+) {
+    let exec = exec.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(move || exec.catchup(&doc, after))
+            .await
+            .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
+        let _ = tx.send(HubEvent::Catchup { ticket, result }).await;
+    });
+}
+
+/// Used by the HTTP layer.
+pub(crate) async fn stats(tx: &mpsc::Sender<HubEvent>) -> Option<HubStats> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(HubEvent::Stats { reply }).await.ok()?;
+    rx.await.ok()
+}

@@ -1,0 +1,26 @@
+//! converge-server: the tokio + axum shell around converge-core's [`converge_core::Hub`].
+//!
+//! - `GET /ws`: the native sync protocol (docs/protocol.md), one task per connection, small
+//!   explicit WebSocket buffers;
+//! - `GET /healthz` (the process is up) and `GET /readyz` (the hub serves and is not shutting
+//!   down);
+//! - the log is a [`converge_log::SledLog`]; appends run on one writer thread in hub order and
+//!   are acknowledged after the group-commit flush that makes them durable.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), converge_server::ServerError> {
+//! let server = converge_server::start(converge_server::ServerConfig::default()).await?;
+//! println!("serving on {}", server.ws_url());
+//! server.shutdown().await
+//! # }
+//! ```
+
+mod config;
+mod connection;
+mod executor;
+mod hub_task;
+mod server;
+
+pub use config::ServerConfig;
+pub use executor::{FIRST_EPOCH, LogExecutor, refusal};
+pub use server::{ServerError, ServerHandle, start, start_with_log};

@@ -1,0 +1,195 @@
+//! Starting and stopping a server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use converge_core::{DevAuthenticator, Hub};
+use converge_log::{EventLog, LogConfig, SledLog};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::ServerConfig;
+use crate::executor::LogExecutor;
+use crate::hub_task::{self, HubEvent};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("opening the log in {dir}: {source}")]
+    Log {
+        dir: String,
+        source: converge_log::LogError,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the server: {0}")]
+    Start(std::io::Error),
+    #[error("the server task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: mpsc::Sender<HubEvent>,
+    ready: watch::Receiver<bool>,
+    config: Arc<ServerConfig>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    hub: mpsc::Sender<HubEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    log: Arc<dyn EventLog>,
+}
+
+impl ServerHandle {
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The WebSocket URL of the native protocol.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The log the server writes (for tests and tools in the same process).
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// Graceful shutdown: stop accepting, close every session with `ServerShutdown` once
+    /// the appends already accepted are durable and acknowledged, flush the log, and wait
+    /// for the connections to drain.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let (done, flushed) = oneshot::channel();
+        if self.hub.send(HubEvent::Shutdown { done }).await.is_ok() {
+            let _ = flushed.await;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Task(e.to_string())),
+        }
+    }
+
+    /// Resolves when the server stops on its own (it does not, unless it fails).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+    }
+}
+
+/// Opens the log in `config.data_dir` and starts serving on `config.addr`.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let dir = config.data_dir.clone();
+    let durability = config.durability;
+    let log = tokio::task::spawn_blocking(move || {
+        SledLog::open(
+            &dir,
+            LogConfig {
+                durability,
+                ..LogConfig::default()
+            },
+        )
+        .map_err(|source| ServerError::Log {
+            dir: dir.display().to_string(),
+            source,
+        })
+    })
+    .await
+    .map_err(|e| ServerError::Task(e.to_string()))??;
+    start_with_log(config, Arc::new(log)).await
+}
+
+/// Starts serving a log the caller opened.
+pub async fn start_with_log(
+    config: ServerConfig,
+    log: Arc<dyn EventLog>,
+) -> Result<ServerHandle, ServerError> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServerError::Start)?;
+    let hub = Hub::new(config.hub.clone(), Box::new(DevAuthenticator));
+    let (hub_tx, ready) =
+        hub_task::spawn(hub, LogExecutor::new(log.clone())).map_err(ServerError::Start)?;
+    let state = AppState {
+        hub: hub_tx.clone(),
+        ready,
+        config: Arc::new(config),
+    };
+    let app = router(state);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))
+    });
+    tracing::info!(%addr, "converge listening");
+    Ok(ServerHandle {
+        addr,
+        hub: hub_tx,
+        stop: Some(stop_tx),
+        task,
+        log,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let c = &state.config;
+    // Two frames' worth of slack above the protocol limit: the hub checks the exact limit
+    // itself and answers with a code; only far larger frames are cut off by the transport.
+    let transport_limit = (c.hub.limits.max_frame_bytes as usize).saturating_mul(2);
+    let hub = state.hub.clone();
+    upgrade
+        .read_buffer_size(c.ws_read_buffer)
+        .write_buffer_size(c.ws_write_buffer)
+        .max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| crate::connection::run(socket, hub))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let serving = *state.ready.borrow();
+    match (serving, hub_task::stats(&state.hub).await) {
+        (true, Some(s)) => (
+            StatusCode::OK,
+            format!("ready sessions={} docs={}\n", s.sessions, s.docs),
+        )
+            .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+    }
+}

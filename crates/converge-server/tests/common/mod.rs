@@ -1,0 +1,140 @@
+//! A raw protocol client over a real socket, for server tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ROOT};
+use converge_proto::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub handle: converge_server::ServerHandle,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn server() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let config = converge_server::ServerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let handle = converge_server::start(config).await.unwrap();
+    TestServer { handle, dir }
+}
+
+pub async fn connect(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+/// Connects and completes the handshake as `user`.
+pub async fn hello(url: &str, user: &str) -> Ws {
+    let mut ws = connect(url).await;
+    send(
+        &mut ws,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some(user.into()),
+        },
+    )
+    .await;
+    match recv(&mut ws).await {
+        ServerMsg::Welcome { .. } => ws,
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+pub async fn send(ws: &mut Ws, msg: &ClientMsg) {
+    ws.send(Message::Binary(encode_client(msg).unwrap().into()))
+        .await
+        .unwrap();
+}
+
+/// The next protocol message (panics on a close or a timeout).
+pub async fn recv(ws: &mut Ws) -> ServerMsg {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("connection ended")
+            .expect("read failed");
+        match msg {
+            Message::Binary(b) => return decode_server(&b, MAX_FRAME_CEILING).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the server closes; returns the Error codes seen and the close frame.
+pub async fn until_close(ws: &mut Ws) -> (Vec<ErrorCode>, Option<CloseFrame>) {
+    let mut errors = Vec::new();
+    loop {
+        let next = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for the close");
+        match next {
+            Some(Ok(Message::Binary(b))) => {
+                if let Ok(ServerMsg::Error { code, .. }) = decode_server(&b, MAX_FRAME_CEILING) {
+                    errors.push(code);
+                }
+            }
+            Some(Ok(Message::Close(c))) => return (errors, c),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (errors, None),
+        }
+    }
+}
+
+/// Subscribes and reads until Live; returns the changes received on the way.
+pub async fn subscribe(ws: &mut Ws, doc: DocId, after: Option<Position>) -> (Vec<Vec<u8>>, Seq) {
+    send(ws, &ClientMsg::Subscribe { doc, after }).await;
+    let mut changes = Vec::new();
+    loop {
+        match recv(ws).await {
+            ServerMsg::Changes { changes: c, .. } => {
+                changes.extend(c.into_iter().map(Blob::into_vec))
+            }
+            ServerMsg::Snapshot { .. } => {}
+            ServerMsg::Live { seq, .. } => return (changes, seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// An automerge writer with a fixed actor.
+pub struct Writer {
+    pub doc: AutoCommit,
+}
+
+impl Writer {
+    pub fn new(actor: u8) -> Self {
+        Writer {
+            doc: AutoCommit::new().with_actor(ActorId::from(vec![actor; 16])),
+        }
+    }
+
+    pub fn put(&mut self, key: &str, value: i64) -> Vec<u8> {
+        self.doc.put(ROOT, key, value).unwrap();
+        self.doc.commit();
+        self.doc
+            .get_last_local_change()
+            .unwrap()
+            .raw_bytes()
+            .to_vec()
+    }
+}
+
+pub fn blobs(v: &[Vec<u8>]) -> Vec<Blob> {
+    v.iter().cloned().map(Blob).collect()
+}
