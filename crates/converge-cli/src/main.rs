@@ -11,6 +11,7 @@ use converge_proto::{DocId, Seq, UserId};
 use converge_schema::{DocKind, to_json};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod demo;
 mod serve;
 
 /// converge: an event-sourced sync engine. Documents live in an append-only log.
@@ -50,6 +51,13 @@ enum Command {
         /// Largest frame a client may send, in bytes.
         #[arg(long, env = "CONVERGE_MAX_FRAME_BYTES", default_value_t = converge_proto::DEFAULT_MAX_FRAME_BYTES)]
         max_frame_bytes: usize,
+    },
+    /// Two clients edit one schedule, one of them offline for a while, then both converge;
+    /// prints both views. Starts its own server on a temporary directory unless --server.
+    Demo {
+        /// A running server's WebSocket URL, e.g. ws://127.0.0.1:7070/ws.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Creates a document from a JSON file and prints its id as the last line.
     Import {
@@ -124,6 +132,7 @@ fn main() -> ExitCode {
             flush_every_ms,
             max_frame_bytes,
         }),
+        Command::Demo { server } => demo::run(server),
         Command::Import { file, kind, data } => import(&file, kind, &data.data),
         Command::Replay { doc, at, data } => replay(&doc, at, &data.data),
         Command::Verify { data } => verify(&data.data),

@@ -129,3 +129,21 @@ fn verify_names_a_tampered_entry_and_exits_1() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("document {id} seq 1")));
 }
+
+#[test]
+fn demo_converges_over_real_sockets() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("converged: both clients hold the same document"),
+        "{stdout}"
+    );
+}
