@@ -117,8 +117,8 @@ async fn demo(server: Option<String>) -> anyhow::Result<ExitCode> {
         .await
         .context("alice receiving bob's edits")?;
 
-    let a = doc.read(|d| converge_schema::to_json(d));
-    let b = bob_doc.read(|d| converge_schema::to_json(d));
+    let a = doc.read(converge_schema::to_json);
+    let b = bob_doc.read(converge_schema::to_json);
     println!("alice sees: {}", serde_json::to_string_pretty(&a)?);
     println!("bob sees:   {}", serde_json::to_string_pretty(&b)?);
     let converged = a == b && doc.heads() == bob_doc.heads();

@@ -98,7 +98,10 @@ impl DocShared {
 pub(crate) fn drain_incoming(shared: &Shared, doc: &DocShared) {
     while let Some(batch) = next_batch(shared, doc) {
         if batch.reconcile {
-            tracing::warn!(doc = %doc.id, "the server asks for reconciliation, which this client does not do yet; unacknowledged changes are pushed as usual");
+            // docs/protocol.md section 7: local state is merged into the snapshot and the
+            // pending changes are pushed again; changes acknowledged before the server lost
+            // them are not re-sent (the sync-message exchange is not implemented yet).
+            tracing::warn!(doc = %doc.id, "the server's stream was reset; merging the local document into its snapshot");
         }
         let mut am = lock(&doc.am);
         if let Err(e) = converge_core::apply_incoming(&mut am, &batch) {

@@ -12,9 +12,10 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::connect("ws://127.0.0.1:7070/ws", None, "./converge-store").await?;
-//! let (doc, _) = client
+//! let (doc, created) = client
 //!     .create_doc(|d| d.put(automerge::ROOT, "title", "Ward 3"))
 //!     .await?;
+//! created?;
 //! doc.change(|d| d.put(automerge::ROOT, "title", "Ward 3 (nights)"))??;
 //! println!("{} change(s) wait for the server; {:?}", doc.pending_count(), client.status());
 //! doc.wait_until_confirmed().await; // once online

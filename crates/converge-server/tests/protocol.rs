@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use converge_log::EventLog;
 use converge_proto::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -58,7 +57,7 @@ async fn push_is_acked_and_fanned_out_then_resume_has_no_gap() {
         &mut a,
         &ClientMsg::Push {
             doc: DOC,
-            changes: blobs(&[c1.clone()]),
+            changes: blobs(std::slice::from_ref(&c1)),
         },
     )
     .await;

@@ -89,17 +89,16 @@ struct Link {
     open: bool,
 }
 
+/// An append the executor ran: its result and the ticket to wait on, or its refusal.
+type Executed = Result<(converge_core::Appended, Durable), converge_core::Refusal>;
+
 struct Server {
     storage: MemStorage,
     log: Arc<Log>,
     exec: LogExecutor,
     hub: Hub,
     /// Appends executed and waiting for the flush that makes them durable.
-    unflushed: VecDeque<(
-        Ticket,
-        Vec<Blob>,
-        Result<(converge_core::Appended, Durable), converge_core::Refusal>,
-    )>,
+    unflushed: VecDeque<(Ticket, Vec<Blob>, Executed)>,
     catchups: VecDeque<(Ticket, DocId, Option<Position>)>,
 }
 
