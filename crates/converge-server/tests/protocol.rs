@@ -251,6 +251,14 @@ async fn bad_input_gets_its_code_and_others_keep_being_served() {
             ws.send(f).await.unwrap();
         }
         let (errors, frame) = until_close(&mut ws).await;
+        if name == "far oversize" {
+            // The transport stops reading mid-frame; its close frame may be lost to the TCP
+            // reset that the unread bytes cause. Either way the connection ends.
+            if let Some(f) = frame {
+                assert_eq!(u16::from(f.code), close.code(), "{name}");
+            }
+            continue;
+        }
         if let Some(code) = error {
             assert_eq!(errors, vec![code], "{name}");
         }
