@@ -365,24 +365,12 @@ impl Hub {
         }
     }
 
-    /// Appends that were requested and not yet reported.
-    pub fn pending_requests(&self) -> usize {
-        self.pending.len()
-    }
-
     pub fn stats(&self) -> HubStats {
         HubStats {
             sessions: self.sessions.len(),
             subscriptions: self.docs.values().map(|d| d.subs.len()).sum(),
             docs: self.docs.len(),
         }
-    }
-
-    /// Documents with at least one subscriber (the shell keeps these materializable).
-    pub fn subscribed_docs(&self) -> Vec<DocId> {
-        let mut v: Vec<DocId> = self.docs.keys().copied().collect();
-        v.sort();
-        v
     }
 
     /// The next request or frame for the shell.
@@ -685,15 +673,7 @@ impl Hub {
         else {
             // Not subscribed any more; an Ack still goes to the pusher.
             if let Item::Ack { upto, heads, new } = item {
-                self.send(
-                    session,
-                    &ServerMsg::Ack {
-                        doc,
-                        upto_seq: upto,
-                        heads,
-                        new,
-                    },
-                );
+                self.send_ack(session, doc, upto, heads, new);
             }
             return;
         };
@@ -706,15 +686,7 @@ impl Hub {
     fn send_item(&mut self, doc: DocId, session: SessionId, item: Item) {
         match item {
             Item::Changes { frame, .. } => self.send_frame(session, frame),
-            Item::Ack { upto, heads, new } => self.send(
-                session,
-                &ServerMsg::Ack {
-                    doc,
-                    upto_seq: upto,
-                    heads,
-                    new,
-                },
-            ),
+            Item::Ack { upto, heads, new } => self.send_ack(session, doc, upto, heads, new),
         }
     }
 
@@ -833,15 +805,7 @@ impl Hub {
                     let new = new
                         .filter(|(_, to)| *to > through)
                         .map(|(from, to)| (from.max(through.next()), to));
-                    self.send(
-                        session,
-                        &ServerMsg::Ack {
-                            doc,
-                            upto_seq: upto,
-                            heads,
-                            new,
-                        },
-                    );
+                    self.send_ack(session, doc, upto, heads, new);
                 }
             }
         }
@@ -914,6 +878,23 @@ impl Hub {
                 None
             }
         }
+    }
+
+    fn send_ack(
+        &mut self,
+        session: SessionId,
+        doc: DocId,
+        upto_seq: Seq,
+        heads: Vec<ChangeHash>,
+        new: Option<(Seq, Seq)>,
+    ) {
+        let ack = ServerMsg::Ack {
+            doc,
+            upto_seq,
+            heads,
+            new,
+        };
+        self.send(session, &ack);
     }
 
     fn send(&mut self, session: SessionId, msg: &ServerMsg) {

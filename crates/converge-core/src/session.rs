@@ -212,7 +212,7 @@ impl ClientSession {
         self.conn == Conn::Online
     }
 
-    /// A heartbeat: returns the Ping to send (also queued in the outbox).
+    /// A heartbeat: queues a Ping in the outbox and remembers when it was sent.
     pub fn ping(&mut self, now_ms: u64) {
         if self.conn != Conn::Online {
             return;

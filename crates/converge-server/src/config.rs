@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use converge_core::HubConfig;
 use converge_log::Durability;
@@ -20,8 +19,6 @@ pub struct ServerConfig {
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection (frames are written through at once).
     pub ws_write_buffer: usize,
-    /// How long shutdown waits for connections to drain before it stops waiting.
-    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -33,7 +30,6 @@ impl Default for ServerConfig {
             hub: HubConfig::default(),
             ws_read_buffer: 4 * 1024,
             ws_write_buffer: 0,
-            drain_timeout: Duration::from_secs(10),
         }
     }
 }

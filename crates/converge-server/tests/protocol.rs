@@ -19,7 +19,7 @@ async fn push_is_acked_and_fanned_out_then_resume_has_no_gap() {
     assert_eq!(subscribe(&mut a, DOC, None).await.1, Seq(0));
     assert_eq!(subscribe(&mut b, DOC, None).await.1, Seq(0));
 
-    let mut w = Writer::new(1);
+    let mut w = Writer::new(&[1; 16]);
     let c1 = w.put("x", 1);
     let c2 = w.put("x", 2);
     send(
@@ -81,7 +81,7 @@ async fn push_refusals_have_codes_and_log_nothing() {
     let url = s.handle.ws_url();
     let mut a = hello(&url, "alice").await;
     subscribe(&mut a, DOC, None).await;
-    let mut w = Writer::new(1);
+    let mut w = Writer::new(&[1; 16]);
     let first = w.put("k", 1);
     send(
         &mut a,
@@ -125,19 +125,19 @@ async fn push_refusals_have_codes_and_log_nothing() {
     let skipped = w.put("k", 3);
     expect(&mut a, vec![skipped], ErrorCode::SeqGap).await;
     // An unknown dependency: bob merges alice's unpushed change and writes a new key.
-    let mut b = Writer::new(2);
+    let mut b = Writer::new(&[2; 16]);
     b.doc.merge(&mut w.doc).unwrap();
     let dependent = b.put("fresh", 1);
     expect(&mut mallory, vec![dependent], ErrorCode::MissingDependency).await;
     // An actor the document does not know.
-    let mut c = Writer::new(3);
+    let mut c = Writer::new(&[3; 16]);
     c.put("z", 1);
-    let mut d = Writer::new(4);
+    let mut d = Writer::new(&[4; 16]);
     d.doc.merge(&mut c.doc).unwrap();
     let unknown = d.put("z", 2);
     expect(&mut mallory, vec![unknown], ErrorCode::UnknownActor).await;
     // Truncated change bytes.
-    let mut e = Writer::new(5);
+    let mut e = Writer::new(&[5; 16]);
     let mut truncated = e.put("t", 1);
     truncated.truncate(truncated.len() / 2);
     expect(&mut mallory, vec![truncated], ErrorCode::MalformedChange).await;

@@ -368,25 +368,21 @@ impl Sim {
             self.links[l].up.push_back((at, frame));
         }
         while let Some(ev) = c.session.poll_event() {
-            match ev {
-                SessionEvent::Acked { position, .. } => {
-                    // Keep the store's pending queue equal to the session's.
-                    let pending_now = c.session.pending_count(&DOC);
-                    let drop = c.store.pending.len().saturating_sub(pending_now);
-                    c.store.pending.drain(..drop);
-                    if let Some(p) = position {
-                        c.store.position = Some(p);
-                    }
-                }
-                SessionEvent::Refused { hashes, .. } => {
-                    let pending_now = c.session.pending_count(&DOC);
-                    let drop = c.store.pending.len().saturating_sub(pending_now);
-                    c.store.pending.drain(..drop);
-                    let _ = hashes;
-                }
-                _ => {}
+            if let SessionEvent::Acked {
+                position: Some(p), ..
+            } = ev
+            {
+                c.store.position = Some(p);
             }
         }
+        // Acked and refused changes leave the session's queue from the front; the store's
+        // queue follows it.
+        let settled = c
+            .store
+            .pending
+            .len()
+            .saturating_sub(c.session.pending_count(&DOC));
+        c.store.pending.drain(..settled);
     }
 
     /// Routes the hub's outputs.

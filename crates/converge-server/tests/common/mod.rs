@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, ROOT};
 use converge_proto::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -112,28 +110,7 @@ pub async fn subscribe(ws: &mut Ws, doc: DocId, after: Option<Position>) -> (Vec
     }
 }
 
-/// An automerge writer with a fixed actor.
-pub struct Writer {
-    pub doc: AutoCommit,
-}
-
-impl Writer {
-    pub fn new(actor: u8) -> Self {
-        Writer {
-            doc: AutoCommit::new().with_actor(ActorId::from(vec![actor; 16])),
-        }
-    }
-
-    pub fn put(&mut self, key: &str, value: i64) -> Vec<u8> {
-        self.doc.put(ROOT, key, value).unwrap();
-        self.doc.commit();
-        self.doc
-            .get_last_local_change()
-            .unwrap()
-            .raw_bytes()
-            .to_vec()
-    }
-}
+pub use converge_tests::Writer;
 
 pub fn blobs(v: &[Vec<u8>]) -> Vec<Blob> {
     v.iter().cloned().map(Blob).collect()
