@@ -12,6 +12,9 @@ pub enum LogError {
     /// The directory holds a log written by a newer (or unknown) format.
     #[error("log format version {found} is not supported (this build reads version {supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
+    /// Another open log (this process or another) holds the directory's lock.
+    #[error("the log directory {path} is in use by another open log")]
+    Locked { path: String },
     /// The directory holds a sled database that is not a converge log.
     #[error("not a converge log: {0}")]
     NotALog(String),

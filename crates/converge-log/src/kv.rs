@@ -58,6 +58,14 @@ pub(crate) trait Kv: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, LogError>;
 }
 
+/// How long `SledKv::open` waits for a lock still held by a log that is closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// sled 0.34.7 reports a held lock only as an I/O error with this message.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// sled 0.34.7, one tree. sled makes a batch atomic within one tree, so every key lives in the
 /// default tree under a one-byte prefix (see `keys`).
 pub(crate) struct SledKv {
@@ -68,8 +76,27 @@ impl SledKv {
     pub(crate) fn open(path: &Path) -> Result<Self, LogError> {
         // sled's own background flusher is off: the log decides when to flush (group commit, or
         // its own timer in buffered mode), so "acknowledged" always means "flushed by us".
-        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
-        Ok(Self { db })
+        //
+        // sled releases its directory lock only when its last internal handle drops, which can be
+        // a moment after the `Db` itself (its I/O threads hold handles too). A reopen right after a
+        // close (restart, tests) therefore waits a bounded while for the lock instead of failing.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match sled::Config::new().path(path).flush_every_ms(None).open() {
+                Ok(db) => return Ok(Self { db }),
+                Err(e) if is_lock_error(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(LogError::Locked {
+                            path: path.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 

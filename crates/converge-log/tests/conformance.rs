@@ -757,3 +757,20 @@ fn causality_checks_refuse_and_write_nothing(b: Backend) {
     assert_eq!(log.head(&DOC).unwrap(), before);
     assert_eq!(log.read(&DOC, Seq(1), 100).unwrap().len(), 1);
 }
+
+#[test]
+fn a_directory_opens_once_and_reopens_right_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = converge_log::Log::open(dir.path(), LogConfig::default()).unwrap();
+    // A second open while the first is live is refused with a typed error, not a panic.
+    match converge_log::Log::open(dir.path(), LogConfig::default()) {
+        Err(LogError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+    }
+    drop(log);
+    // Closing and reopening in a tight loop never trips over sled's lingering lock.
+    for _ in 0..20 {
+        let log = converge_log::Log::open(dir.path(), LogConfig::default()).unwrap();
+        drop(log);
+    }
+}
