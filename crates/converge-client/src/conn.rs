@@ -354,6 +354,25 @@ impl Driver {
                         tracing::warn!(?doc, %code, %message, "the server reported an error");
                     }
                     SessionEvent::Pong { rtt_ms } => self.shared.metrics.record_rtt(rtt_ms),
+                    SessionEvent::Reconciled { doc, ok, position } => {
+                        if ok {
+                            tracing::info!(%doc, "reconciled with the server");
+                        } else {
+                            tracing::warn!(%doc, "reconciliation ended without the server's confirmation");
+                        }
+                        if let Some(p) = position
+                            && let Some(d) = self.shared.doc(&doc)
+                        {
+                            let shared = self.shared.clone();
+                            let stored = tokio::task::spawn_blocking(move || {
+                                doc::store_position(&shared, &d, p)
+                            })
+                            .await;
+                            if let Err(e) = stored {
+                                tracing::error!(%doc, error = %e, "storing the position failed");
+                            }
+                        }
+                    }
                 }
             }
         }

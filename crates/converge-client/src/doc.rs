@@ -98,10 +98,9 @@ impl DocShared {
 pub(crate) fn drain_incoming(shared: &Shared, doc: &DocShared) {
     while let Some(batch) = next_batch(shared, doc) {
         if batch.reconcile {
-            // docs/protocol.md section 7: local state is merged into the snapshot and the
-            // pending changes are pushed again; changes acknowledged before the server lost
-            // them are not re-sent (the sync-message exchange is not implemented yet).
-            tracing::warn!(doc = %doc.id, "the server's stream was reset; merging the local document into its snapshot");
+            // docs/protocol.md section 7: local state is merged into the snapshot, then the
+            // session hands back what the server lacks through automerge's sync protocol.
+            tracing::warn!(doc = %doc.id, "the server's stream was reset; merging the local document into its snapshot and reconciling");
         }
         let mut am = lock(&doc.am);
         if let Err(e) = converge_core::apply_incoming(&mut am, &batch) {
@@ -114,6 +113,12 @@ pub(crate) fn drain_incoming(shared: &Shared, doc: &DocShared) {
             continue;
         }
         let heads = am.get_heads();
+        if batch.reconcile {
+            lock(&shared.session)
+                .session
+                .begin_reconcile(doc.id, am.document());
+            shared.wake.notify_one();
+        }
         let stored = {
             let mut disk = lock(&doc.disk);
             let r = store_batch(&mut disk, &mut am, &batch);
@@ -161,7 +166,9 @@ fn store_batch(
     } else {
         disk.stored.append_changes(&batch.changes)?;
     }
-    if !disk.position_frozen {
+    // While a reconciliation is open the stored position stays the old one, so a restart
+    // reconciles again instead of forgetting what the server still lacks.
+    if !disk.position_frozen && batch.persist_position {
         let mut position = batch.position;
         // An Ack's position deferred during this apply covers this batch and the client's
         // own entries after it.
@@ -196,14 +203,8 @@ pub(crate) fn settle(
             hashes.len()
         }
     };
-    if let Some(p) = position
-        && !disk.position_frozen
-    {
-        if lock(&shared.session).applying.contains(&doc.id) {
-            disk.deferred = Some(p);
-        } else if let Err(e) = disk.stored.write_position(p) {
-            tracing::error!(doc = %doc.id, error = %e, "could not store the position");
-        }
+    if let Some(p) = position {
+        write_position(shared, doc, &mut disk, p);
     }
     drop(disk);
     doc.emit(match refusal {
@@ -214,6 +215,24 @@ pub(crate) fn settle(
             count,
         },
     });
+}
+
+/// Persists a position the session released (an Ack's, or the end of a reconciliation), or
+/// defers it to the batch being applied. Runs on a blocking thread.
+pub(crate) fn store_position(shared: &Shared, doc: &DocShared, position: Position) {
+    let mut disk = lock(&doc.disk);
+    write_position(shared, doc, &mut disk, position);
+}
+
+fn write_position(shared: &Shared, doc: &DocShared, disk: &mut DocDisk, p: Position) {
+    if disk.position_frozen {
+        return;
+    }
+    if lock(&shared.session).applying.contains(&doc.id) {
+        disk.deferred = Some(p);
+    } else if let Err(e) = disk.stored.write_position(p) {
+        tracing::error!(doc = %doc.id, error = %e, "could not store the position");
+    }
 }
 
 /// A handle to an open document. Cheap to clone; every clone is the same document.

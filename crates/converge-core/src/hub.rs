@@ -43,11 +43,24 @@ pub enum Output {
         reason: String,
     },
     /// Append these changes to the document's stream, all or nothing, then report.
+    /// `relayed`: the author hands back changes the server lost (reconciliation); they are
+    /// logged as relayed changes, which pass every causal check but bind no actor.
     Append {
         ticket: Ticket,
         doc: DocId,
         author: PushAuthor,
         changes: Vec<Blob>,
+        relayed: bool,
+    },
+    /// Nobody subscribes to the document any more: the shell may drop what it keeps in
+    /// memory for it (a materialized copy, reconciliation state).
+    Release { doc: DocId },
+    /// Take one automerge sync message of a reconciliation (see [`SyncStep`]), then report.
+    Reconcile {
+        ticket: Ticket,
+        doc: DocId,
+        session: SessionId,
+        bytes: Blob,
     },
     /// Read what a subscriber at `after` needs (see [`crate::plan_catchup`]), then report.
     Catchup {
@@ -56,6 +69,20 @@ pub enum Output {
         after: Option<Position>,
     },
 }
+
+/// The shell's answer to [`Output::Reconcile`]: what the client's sync message showed the
+/// server lacks, and the server's next sync message (`None`: the server has nothing more to
+/// say, and the reconciliation ends with `Reconciled`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncStep {
+    /// Changes the server lacks, in an order the log can take them (dependencies first).
+    pub missing: Vec<Blob>,
+    pub reply: Option<Blob>,
+}
+
+/// Sync messages one reconciliation may take before it is cut off (automerge's protocol
+/// needs a handful of rounds; a peer that keeps going is misbehaving).
+pub const MAX_RECONCILE_ROUNDS: u32 = 32;
 
 /// One pushed change, as the log took it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +183,9 @@ struct Session {
     handshake: Handshake,
     client: Option<ClientId>,
     docs: BTreeSet<DocId>,
+    /// Documents this session may reconcile (it was sent a reconciling snapshot), with the
+    /// sync messages taken so far.
+    reconciling: HashMap<DocId, u32>,
     last_seen_ms: u64,
     closed: bool,
 }
@@ -195,8 +225,25 @@ struct Doc {
 
 #[derive(Debug)]
 enum Pending {
-    Push { doc: DocId, session: SessionId },
-    Catchup { doc: DocId, session: SessionId },
+    Push {
+        doc: DocId,
+        session: SessionId,
+    },
+    Catchup {
+        doc: DocId,
+        session: SessionId,
+    },
+    /// A reconciliation's sync message, with the shell.
+    Reconcile {
+        doc: DocId,
+        session: SessionId,
+    },
+    /// Changes a reconciliation relayed, being appended; the last group carries the reply.
+    Relay {
+        doc: DocId,
+        session: SessionId,
+        then: Option<Option<Blob>>,
+    },
 }
 
 /// The server hub. See the module docs for the contract.
@@ -242,6 +289,7 @@ impl Hub {
                 handshake: Handshake::AwaitingHello { since_ms: now_ms },
                 client: None,
                 docs: BTreeSet::new(),
+                reconciling: HashMap::new(),
                 last_seen_ms: now_ms,
                 closed: false,
             },
@@ -351,7 +399,7 @@ impl Hub {
             && !self
                 .pending
                 .values()
-                .any(|p| matches!(p, Pending::Push { .. }))
+                .any(|p| matches!(p, Pending::Push { .. } | Pending::Relay { .. }))
     }
 
     fn finish_shutdown(&mut self) {
@@ -420,18 +468,19 @@ impl Hub {
             ClientMsg::Unsubscribe { doc } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.docs.remove(&doc);
+                    s.reconciling.remove(&doc);
                 }
                 self.drop_sub(&doc, session);
             }
             ClientMsg::Push { doc, changes } => self.push(session, doc, changes),
+            ClientMsg::SyncMsg { doc, bytes } => self.sync_msg(session, doc, bytes),
             other => {
                 let doc = match &other {
                     ClientMsg::Mutate { doc, .. }
                     | ClientMsg::Lock { doc, .. }
                     | ClientMsg::RenewLock { doc, .. }
                     | ClientMsg::Unlock { doc, .. }
-                    | ClientMsg::Presence { doc, .. }
-                    | ClientMsg::SyncMsg { doc, .. } => Some(*doc),
+                    | ClientMsg::Presence { doc, .. } => Some(*doc),
                     _ => None,
                 };
                 self.error(
@@ -506,6 +555,8 @@ impl Hub {
             return;
         }
         s.docs.insert(doc);
+        // A new subscription decides afresh whether this session must reconcile.
+        s.reconciling.remove(&doc);
         // Register first, then read: whatever is appended while the read runs is queued.
         let ticket = self.ticket();
         self.docs.entry(doc).or_default().subs.insert(
@@ -582,7 +633,129 @@ impl Hub {
             doc,
             author,
             changes,
+            relayed: false,
         });
+    }
+
+    /// A reconciliation's sync message from the client: only after a reconciling snapshot,
+    /// and at most [`MAX_RECONCILE_ROUNDS`] of them.
+    fn sync_msg(&mut self, session: SessionId, doc: DocId, bytes: Blob) {
+        if self.shutting_down {
+            self.error(
+                session,
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; reconcile after reconnecting",
+                Some(doc),
+            );
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let refusal = match s.reconciling.get_mut(&doc) {
+            None => Some("no reconciliation is open for this document"),
+            Some(rounds) if *rounds >= MAX_RECONCILE_ROUNDS => {
+                s.reconciling.remove(&doc);
+                Some("the reconciliation took too many rounds and was ended")
+            }
+            Some(rounds) => {
+                *rounds += 1;
+                None
+            }
+        };
+        if let Some(message) = refusal {
+            self.error(session, ErrorCode::BadSyncMessage, message, Some(doc));
+            return;
+        }
+        let ticket = self.ticket();
+        self.pending
+            .insert(ticket, Pending::Reconcile { doc, session });
+        self.out.push_back(Output::Reconcile {
+            ticket,
+            doc,
+            session,
+            bytes,
+        });
+    }
+
+    /// The shell's answer to [`Output::Reconcile`]. The changes the server lacks are appended
+    /// as relayed changes, in groups of at most `max_push_changes`, in order; the reply goes
+    /// out once the last group is durable.
+    pub fn handle_reconcile(&mut self, ticket: Ticket, result: Result<SyncStep, Refusal>) {
+        let Some(Pending::Reconcile { doc, session }) = self.pending.remove(&ticket) else {
+            return;
+        };
+        let still_open = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.reconciling.contains_key(&doc));
+        if !still_open {
+            return;
+        }
+        let step = match result {
+            Ok(step) => step,
+            Err(r) => {
+                self.reconcile_failed(session, doc, &r);
+                return;
+            }
+        };
+        if step.missing.is_empty() {
+            self.reconcile_reply(session, doc, step.reply);
+            return;
+        }
+        let Some(Session {
+            handshake: Handshake::Ready { identity },
+            ..
+        }) = self.sessions.get(&session)
+        else {
+            return;
+        };
+        let author = PushAuthor {
+            user: identity.user.clone(),
+            session,
+        };
+        let group = (self.config.limits.max_push_changes as usize).max(1);
+        let groups: Vec<Vec<Blob>> = step.missing.chunks(group).map(<[Blob]>::to_vec).collect();
+        let last = groups.len() - 1;
+        let mut reply = Some(step.reply);
+        for (i, changes) in groups.into_iter().enumerate() {
+            let ticket = self.ticket();
+            let then = if i == last { reply.take() } else { None };
+            self.pending
+                .insert(ticket, Pending::Relay { doc, session, then });
+            self.out.push_back(Output::Append {
+                ticket,
+                doc,
+                author: author.clone(),
+                changes,
+                relayed: true,
+            });
+        }
+    }
+
+    /// Sends the server's next sync message, or ends the reconciliation.
+    fn reconcile_reply(&mut self, session: SessionId, doc: DocId, reply: Option<Blob>) {
+        match reply {
+            Some(bytes) => self.send(session, &ServerMsg::SyncMsg { doc, bytes }),
+            None => {
+                self.end_reconcile(session, doc);
+                self.send(session, &ServerMsg::Reconciled { doc });
+            }
+        }
+    }
+
+    /// A reconciliation step was refused: the reconciliation ends with `BadSyncMessage`
+    /// (never a push-refusal code, which the client would take as about its own push).
+    fn reconcile_failed(&mut self, session: SessionId, doc: DocId, r: &Refusal) {
+        self.end_reconcile(session, doc);
+        let message = format!("reconciliation ended: {} ({})", r.message, r.code.code());
+        self.error(session, ErrorCode::BadSyncMessage, &message, Some(doc));
+    }
+
+    fn end_reconcile(&mut self, session: SessionId, doc: DocId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.reconciling.remove(&doc);
+        }
     }
 
     /// The shell's answer to [`Output::Append`]: durable, or refused with nothing written.
@@ -600,8 +773,17 @@ impl Hub {
     }
 
     fn appended(&mut self, ticket: Ticket, changes: &[Blob], result: Result<Appended, Refusal>) {
-        let Some(Pending::Push { doc, session }) = self.pending.remove(&ticket) else {
-            return;
+        let (doc, session) = match self.pending.remove(&ticket) {
+            Some(Pending::Push { doc, session }) => (doc, session),
+            Some(Pending::Relay { doc, session, then }) => {
+                self.relayed(doc, session, changes, result, then);
+                return;
+            }
+            Some(other) => {
+                self.pending.insert(ticket, other);
+                return;
+            }
+            None => return,
         };
         let appended = match result {
             Ok(a) => a,
@@ -634,33 +816,91 @@ impl Hub {
             new: range,
         };
         self.deliver(doc, session, ack);
-        if let Some((from, _)) = range {
-            let blobs: Vec<Blob> = new.into_iter().map(|(_, b)| b.clone()).collect();
-            let msg = ServerMsg::Changes {
-                doc,
-                epoch: appended.epoch,
-                from_seq: from,
-                changes: blobs,
-            };
-            let Some(frame) = self.encode(&msg) else {
+        self.fan_out(doc, appended.epoch, new, Some(session));
+    }
+
+    /// Relayed changes are durable: everyone, the relayer too, hears them as `Changes` (the
+    /// relayer holds them already, but its position must move past their seqs).
+    fn relayed(
+        &mut self,
+        doc: DocId,
+        session: SessionId,
+        changes: &[Blob],
+        result: Result<Appended, Refusal>,
+        then: Option<Option<Blob>>,
+    ) {
+        let appended = match result {
+            Ok(a) => a,
+            Err(r) => {
+                self.reconcile_failed(session, doc, &r);
                 return;
-            };
-            let ServerMsg::Changes { changes, .. } = msg else {
-                return;
-            };
-            let item = Item::Changes {
-                from,
-                changes: std::sync::Arc::new(changes),
-                frame,
-            };
-            let others: Vec<SessionId> = self
-                .docs
-                .get(&doc)
-                .map(|d| d.subs.keys().copied().filter(|s| *s != session).collect())
-                .unwrap_or_default();
-            for other in others {
-                self.deliver(doc, other, item.clone());
             }
+        };
+        if let Some(d) = self.docs.get_mut(&doc) {
+            d.epoch = Some(appended.epoch);
+        }
+        let new: Vec<(Seq, &Blob)> = appended
+            .changes
+            .iter()
+            .zip(changes)
+            .filter(|(c, _)| c.new)
+            .map(|(c, b)| (c.seq, b))
+            .collect();
+        self.fan_out(doc, appended.epoch, new, None);
+        let open = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.reconciling.contains_key(&doc));
+        if let Some(reply) = then
+            && open
+        {
+            self.reconcile_reply(session, doc, reply);
+        }
+    }
+
+    /// Sends newly logged entries (consecutive seqs) to every subscriber but `except`: one
+    /// encoded frame for all.
+    fn fan_out(
+        &mut self,
+        doc: DocId,
+        epoch: Epoch,
+        new: Vec<(Seq, &Blob)>,
+        except: Option<SessionId>,
+    ) {
+        let Some(from) = new.first().map(|(s, _)| *s) else {
+            return;
+        };
+        let blobs: Vec<Blob> = new.into_iter().map(|(_, b)| b.clone()).collect();
+        let msg = ServerMsg::Changes {
+            doc,
+            epoch,
+            from_seq: from,
+            changes: blobs,
+        };
+        let Some(frame) = self.encode(&msg) else {
+            return;
+        };
+        let ServerMsg::Changes { changes, .. } = msg else {
+            return;
+        };
+        let item = Item::Changes {
+            from,
+            changes: std::sync::Arc::new(changes),
+            frame,
+        };
+        let others: Vec<SessionId> = self
+            .docs
+            .get(&doc)
+            .map(|d| {
+                d.subs
+                    .keys()
+                    .copied()
+                    .filter(|s| Some(*s) != except)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for other in others {
+            self.deliver(doc, other, item.clone());
         }
     }
 
@@ -732,6 +972,9 @@ impl Hub {
                 tail,
                 reconcile,
             } => {
+                if reconcile && let Some(s) = self.sessions.get_mut(&session) {
+                    s.reconciling.insert(doc, 0);
+                }
                 let size = bytes.len() + 64;
                 if size > self.config.limits.max_server_frame_bytes as usize {
                     self.error(
@@ -860,6 +1103,7 @@ impl Hub {
             d.subs.remove(&session);
             if d.subs.is_empty() {
                 self.docs.remove(doc);
+                self.out.push_back(Output::Release { doc: *doc });
             }
         }
     }

@@ -25,6 +25,7 @@ pub use auth::{AuthError, Authenticator, DevAuthenticator, Identity};
 pub use backoff::{Backoff, CircuitBreaker};
 pub use catchup::{CatchupPlan, HeadView, plan_catchup};
 pub use hub::{
-    Appended, Catchup, Hub, HubConfig, HubStats, Output, PushAuthor, PushedChange, Refusal, Ticket,
+    Appended, Catchup, Hub, HubConfig, HubStats, MAX_RECONCILE_ROUNDS, Output, PushAuthor,
+    PushedChange, Refusal, SyncStep, Ticket,
 };
 pub use session::{ClientSession, IncomingBatch, SessionConfig, SessionEvent};

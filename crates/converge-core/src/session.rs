@@ -9,9 +9,17 @@
 //!   [`ClientSession::take_incoming`]: whatever arrived while the previous batch was being
 //!   applied goes into the next single apply;
 //! - the position a batch brings is persisted by the shell *after* applying the batch, so a
-//!   crash can only make the client ask for entries again, never skip them.
+//!   crash can only make the client ask for entries again, never skip them;
+//! - after a reconciling snapshot (the server may lack changes this client holds), the shell
+//!   calls [`ClientSession::begin_reconcile`] once the batch is applied, and the session runs
+//!   automerge's sync protocol with the server on a copy of the document until the server
+//!   says `Reconciled`. Positions are not persisted meanwhile (`persist_position` is false),
+//!   so a crash mid-way reconciles again after the restart.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::sync::SyncDoc;
 
 use converge_proto::{
     Blob, ChangeHash, ClientId, ClientMsg, DocId, Epoch, ErrorCode, Limits, PROTOCOL_VERSION,
@@ -46,8 +54,11 @@ pub struct IncomingBatch {
     pub reconcile: bool,
     /// Changes to apply after it, in log order (empty blobs carry no change).
     pub changes: Vec<Vec<u8>>,
-    /// Persist this position once the batch is applied.
+    /// The position the batch brings the document to.
     pub position: Position,
+    /// Persist `position` once the batch is applied. False while a reconciliation is open:
+    /// the stored position stays the old one, so a restart reconciles again.
+    pub persist_position: bool,
 }
 
 /// What the shell should know about.
@@ -81,6 +92,20 @@ pub enum SessionEvent {
     },
     /// A Pong: the round trip took `rtt_ms`.
     Pong { rtt_ms: u64 },
+    /// A reconciliation ended (`ok`: the server has everything this client offered).
+    /// `position`: persist it now (held back while the reconciliation was open).
+    Reconciled {
+        doc: DocId,
+        ok: bool,
+        position: Option<Position>,
+    },
+}
+
+/// One open reconciliation: automerge's sync protocol run on a copy of the document.
+#[derive(Debug)]
+struct Reconcile {
+    fork: automerge::Automerge,
+    state: automerge::sync::State,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +126,15 @@ struct DocState {
     incoming: Option<IncomingBatch>,
     /// Isolating a refused change: push one change at a time.
     one_at_a_time: bool,
+    /// A reconciling snapshot arrived and the reconciliation has not ended: positions are
+    /// not persisted.
+    hold_position: bool,
+    /// The position held before the reconciling snapshot: presented again on resubscribing
+    /// while the reconciliation has not ended, so the server offers it again.
+    held_from: Option<Position>,
+    /// This subscription's catch-up was a reconciling snapshot.
+    offered: bool,
+    reconcile: Option<Box<Reconcile>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +239,106 @@ impl ClientSession {
             d.in_flight = 0;
             d.subscribed = false;
             d.live = false;
+            // An open reconciliation is dropped; `hold_position` stays, so the next
+            // connection (which presents the old position) reconciles again.
+            d.reconcile = None;
+        }
+    }
+
+    /// The shell applied a reconciling snapshot to `doc`: start automerge's sync protocol with
+    /// the server on a copy of the document, to hand back the changes the server lacks.
+    pub fn begin_reconcile(&mut self, doc: DocId, local: &automerge::Automerge) {
+        if self.conn != Conn::Online {
+            return;
+        }
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        if !d.hold_position || !d.subscribed {
+            return;
+        }
+        let mut r = Box::new(Reconcile {
+            fork: local.clone(),
+            state: automerge::sync::State::new(),
+        });
+        match r.fork.generate_sync_message(&mut r.state) {
+            Some(msg) => {
+                self.out.push_back(ClientMsg::SyncMsg {
+                    doc,
+                    bytes: Blob(msg.encode()),
+                });
+                d.reconcile = Some(r);
+            }
+            None => self.end_reconcile(doc, false),
+        }
+    }
+
+    /// Whether the document must still reconcile (a reconciling snapshot arrived and the
+    /// reconciliation has not ended): its pushes and stored positions wait until it has.
+    pub fn must_reconcile(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(|d| d.hold_position)
+    }
+
+    /// Whether a reconciliation is open for the document.
+    pub fn is_reconciling(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(|d| d.reconcile.is_some())
+    }
+
+    fn sync_msg(&mut self, doc: DocId, bytes: Blob) {
+        let Some(r) = self.docs.get_mut(&doc).and_then(|d| d.reconcile.as_mut()) else {
+            return;
+        };
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            let msg = automerge::sync::Message::decode(&bytes).map_err(|e| e.to_string())?;
+            r.fork
+                .receive_sync_message(&mut r.state, msg)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(r.fork.generate_sync_message(&mut r.state))
+        }));
+        match step {
+            Ok(Ok(Some(msg))) => self.out.push_back(ClientMsg::SyncMsg {
+                doc,
+                bytes: Blob(msg.encode()),
+            }),
+            // Nothing more to send: automerge's protocol has converged from this side (the
+            // server knows every change this replica holds, and logged them before it
+            // answered). The server may still say `Reconciled`; that is then a no-op.
+            Ok(Ok(None)) => self.end_reconcile(doc, true),
+            Ok(Err(e)) => {
+                tracing::warn!(%doc, error = %e, "bad sync message from the server; reconciliation ended");
+                self.end_reconcile(doc, false);
+            }
+            Err(_) => {
+                tracing::warn!(%doc, "a sync message from the server panicked automerge; reconciliation ended");
+                self.end_reconcile(doc, false);
+            }
+        }
+    }
+
+    /// Ends the reconciliation and releases the held position.
+    fn end_reconcile(&mut self, doc: DocId, ok: bool) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        d.reconcile = None;
+        if !d.hold_position {
+            return;
+        }
+        d.hold_position = false;
+        d.held_from = None;
+        let live = d.live;
+        let position = match &mut d.incoming {
+            // Persisted with the batch still waiting.
+            Some(batch) => {
+                batch.persist_position = true;
+                None
+            }
+            None => d.position,
+        };
+        self.events
+            .push_back(SessionEvent::Reconciled { doc, ok, position });
+        if live {
+            self.push_next(doc);
         }
     }
 
@@ -310,7 +444,13 @@ impl ClientSession {
                     return;
                 };
                 let position = Position { epoch, seq };
+                if reconcile && !d.hold_position {
+                    d.held_from = d.position;
+                }
                 d.position = Some(position);
+                d.hold_position |= reconcile;
+                d.offered |= reconcile;
+                let persist_position = !d.hold_position;
                 // Changes still waiting are kept: applying them after the snapshot and the
                 // merge is harmless (automerge skips what it has) and keeps anything of the
                 // old stream the snapshot lacks.
@@ -321,10 +461,12 @@ impl ClientSession {
                     reconcile: false,
                     changes: Vec::new(),
                     position,
+                    persist_position,
                 });
                 batch.snapshot = Some(bytes);
                 batch.reconcile |= reconcile;
                 batch.position = position;
+                batch.persist_position = persist_position;
                 if was_empty {
                     self.events.push_back(SessionEvent::Incoming { doc });
                 }
@@ -351,13 +493,21 @@ impl ClientSession {
                     _ => d.position = Some(position),
                 }
                 d.live = true;
+                let stale_hold = d.hold_position && !d.offered;
                 self.events.push_back(SessionEvent::Live { doc, position });
+                if stale_hold {
+                    // The server no longer asks this client to reconcile (e.g. another of
+                    // its subscriptions finished it): nothing is held back any more.
+                    self.end_reconcile(doc, false);
+                }
                 self.push_next(doc);
             }
             ServerMsg::Ack {
                 doc, heads, new, ..
             } => self.ack(doc, heads, new),
             ServerMsg::Error { code, message, doc } => self.error(code, message, doc),
+            ServerMsg::SyncMsg { doc, bytes } => self.sync_msg(doc, bytes),
+            ServerMsg::Reconciled { doc } => self.end_reconcile(doc, true),
             ServerMsg::Pong { nonce, .. } => {
                 if let Some(sent) = self.pings.remove(&nonce) {
                     // Older pings were answered out of order or lost; they no longer count.
@@ -378,6 +528,12 @@ impl ClientSession {
         d.subscribed = true;
         d.live = false;
         d.in_flight = 0;
+        d.offered = false;
+        d.reconcile = None;
+        if d.hold_position {
+            // What arrives next continues the held position, not the newer one.
+            d.position = d.held_from;
+        }
         let after = d.position;
         self.out.push_back(ClientMsg::Subscribe { doc, after });
     }
@@ -402,13 +558,16 @@ impl ClientSession {
             seq: Seq((from_seq.get() + changes.len() as u64).saturating_sub(1)),
         };
         d.position = Some(position);
+        let persist_position = !d.hold_position;
         let batch = d.incoming.get_or_insert_with(|| IncomingBatch {
             doc,
             snapshot: None,
             reconcile: false,
             changes: Vec::new(),
             position,
+            persist_position,
         });
+        batch.persist_position = persist_position;
         let was_empty = batch.snapshot.is_none() && batch.changes.is_empty();
         batch
             .changes
@@ -438,6 +597,7 @@ impl ClientSession {
             match &mut d.incoming {
                 // Persisted together with the batch that precedes it.
                 Some(batch) => batch.position = position,
+                None if d.hold_position => {}
                 None => persist = Some(position),
             }
         }
@@ -450,6 +610,19 @@ impl ClientSession {
     }
 
     fn error(&mut self, code: ErrorCode, message: String, doc: Option<DocId>) {
+        if let Some(doc) = doc
+            && self.is_reconciling(&doc)
+            && matches!(code, ErrorCode::BadSyncMessage)
+        {
+            tracing::warn!(%doc, %message, "the server ended the reconciliation");
+            self.end_reconcile(doc, false);
+            self.events.push_back(SessionEvent::Error {
+                code,
+                message,
+                doc: Some(doc),
+            });
+            return;
+        }
         let push_refusal = matches!(code.code(), 4000..=4999);
         if let (true, Some(doc)) = (push_refusal, doc)
             && let Some(d) = self.docs.get_mut(&doc)
@@ -493,6 +666,11 @@ impl ClientSession {
         let Some(d) = self.docs.get_mut(&doc) else {
             return;
         };
+        // A pending change may depend on changes the server lost: it waits until the
+        // reconciliation has handed those back, or the server would refuse it for good.
+        if d.hold_position {
+            return;
+        }
         if !d.live || d.in_flight > 0 || d.pending.is_empty() {
             return;
         }

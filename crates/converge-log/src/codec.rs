@@ -9,7 +9,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use converge_proto::limits::MAX_SNAPSHOT_BYTES;
 
 /// The on-disk format this build writes and reads. Stored under the `format` key when a log is created.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: actor records may be unbound (`owner: None`) and streams may hold relayed changes.
+pub const FORMAT_VERSION: u32 = 2;
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_SNAPSHOT_BYTES>>;
 

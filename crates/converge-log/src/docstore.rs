@@ -531,10 +531,11 @@ impl DocStore {
             let entries = self.log.read(id, from, limit)?;
             let Some(last) = entries.last() else { break };
             from = last.seq.next();
-            out.extend(entries.into_iter().filter_map(|e| match e.kind {
-                EntryKind::Change(c) => Some((e.seq, c)),
-                _ => None,
-            }));
+            out.extend(
+                entries
+                    .into_iter()
+                    .filter_map(|e| e.kind.into_change_bytes().map(|c| (e.seq, c))),
+            );
         }
         Ok(out)
     }

@@ -99,6 +99,11 @@ pub enum EntryKind {
     Lock(LockRecord),
     /// The document was deleted.
     Tombstone,
+    /// One automerge change relayed by a peer that is not its author: during reconciliation a
+    /// client hands back changes the server lost. It passes every causal check a pushed change
+    /// does, but it does not bind its actor to the relaying user (see [`crate::ActorRecord`]).
+    /// Last, so entries written before it existed keep their encoding.
+    Relayed(Vec<u8>),
 }
 
 impl EntryKind {
@@ -109,6 +114,23 @@ impl EntryKind {
             EntryKind::Mutation(_) => "mutation",
             EntryKind::Lock(_) => "lock",
             EntryKind::Tombstone => "tombstone",
+            EntryKind::Relayed(_) => "relayed change",
+        }
+    }
+
+    /// The automerge change this entry carries, pushed or relayed.
+    pub fn change_bytes(&self) -> Option<&[u8]> {
+        match self {
+            EntryKind::Change(bytes) | EntryKind::Relayed(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// Takes the automerge change out of the entry, pushed or relayed.
+    pub fn into_change_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            EntryKind::Change(bytes) | EntryKind::Relayed(bytes) => Some(bytes),
+            _ => None,
         }
     }
 
@@ -121,7 +143,9 @@ impl EntryKind {
             Ok(())
         }
         match self {
-            EntryKind::Change(bytes) => limit("change", bytes.len(), MAX_CHANGE_BYTES),
+            EntryKind::Change(bytes) | EntryKind::Relayed(bytes) => {
+                limit("change", bytes.len(), MAX_CHANGE_BYTES)
+            }
             EntryKind::Mutation(m) => {
                 limit("mutation name", m.name.len(), MAX_NAME_BYTES)?;
                 limit("mutation args", m.args.len(), MAX_ARGS_BYTES)?;

@@ -25,8 +25,10 @@ pub struct DocHead {
 /// What the log knows about one automerge actor in one document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActorRecord {
-    /// The user who first wrote a change as this actor; nobody else may.
-    pub owner: UserId,
+    /// The user who first pushed a change as this actor; nobody else may push as it. `None`
+    /// while the actor's only changes were relayed (reconciliation): the next user to push a
+    /// change as it directly becomes its owner.
+    pub owner: Option<UserId>,
     /// The highest per-actor change seq logged (automerge's `Change::seq`).
     pub max_change_seq: u64,
     /// The log seq of that change.
@@ -91,6 +93,12 @@ pub struct DocStats {
 pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Starts an empty stream for `doc`.
     fn create(&self, doc: DocId, epoch: Epoch) -> Result<Durable, LogError>;
+
+    /// Moves the document's stream to a new epoch (the current one + 1), keeping its entries.
+    /// Positions clients hold from the old epoch stop being trusted: a client that comes back
+    /// with one gets a snapshot and reconciles, since it may hold changes the log lacks. Run it
+    /// for every document after restoring a backup. New entries carry the new epoch.
+    fn bump_epoch(&self, doc: &DocId) -> Result<(Epoch, Durable), LogError>;
 
     /// Appends entries to a document's stream, all or nothing. A `Change` whose automerge hash is
     /// already logged (earlier, or earlier in the same batch) is a duplicate: nothing is written

@@ -205,6 +205,19 @@ impl MemStorage {
         *write(&self.inner.live) = durable;
     }
 
+    /// An independent copy of what is durable now, as a backup taken at this moment would
+    /// hold. Open a log on it to "restore" that backup.
+    pub fn backup(&self) -> MemStorage {
+        let durable = lock(&self.inner.durable).clone();
+        MemStorage {
+            inner: Arc::new(MemInner {
+                live: RwLock::new(durable.clone()),
+                durable: Mutex::new(durable),
+                unflushed: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
     /// Overwrites one raw record; tests use it to corrupt entries below the log API.
     #[doc(hidden)]
     pub fn overwrite_raw(&self, key: &[u8], value: Vec<u8>) {

@@ -356,18 +356,23 @@ impl Log {
         // Entries after the checkpoint: index them from the pages.
         for (seq, stored) in self.stored_entries(doc, through.next(), last_seq, usize::MAX)? {
             let entry = Entry::open(doc, seq, &stored)?;
-            let hash = match &entry.kind {
-                EntryKind::Change(bytes) => {
+            let hash = match entry.kind.change_bytes() {
+                Some(bytes) => {
                     let info = inspect_change(bytes)?;
                     index.hashes.insert(info.hash, seq);
+                    let pushed = matches!(entry.kind, EntryKind::Change(_));
                     let record = index
                         .actors
                         .entry(info.actor.clone())
                         .or_insert(ActorRecord {
-                            owner: entry.author.user.clone(),
+                            owner: None,
                             max_change_seq: 0,
                             entry_seq: seq,
                         });
+                    // The first direct push binds an actor; relayed changes never do.
+                    if pushed && record.owner.is_none() {
+                        record.owner = Some(entry.author.user.clone());
+                    }
                     if info.seq > record.max_change_seq {
                         record.max_change_seq = info.seq;
                         record.entry_seq = seq;
@@ -375,7 +380,7 @@ impl Log {
                     index.dirty.insert(info.actor);
                     info.hash.0
                 }
-                _ => NO_CHANGE,
+                None => NO_CHANGE,
             };
             index
                 .open_blocks
@@ -428,7 +433,7 @@ impl Log {
         let mut bytes = 0;
         let mut entries = 0;
         for (seq, stored) in self.stored_entries(doc, Seq(from), st.last_seq, usize::MAX)? {
-            if let EntryKind::Change(c) = Entry::open(doc, seq, &stored)?.kind {
+            if let Some(c) = Entry::open(doc, seq, &stored)?.kind.change_bytes() {
                 bytes += c.len() as u64;
             }
             entries += 1;
@@ -517,10 +522,18 @@ impl Log {
                     results.push(AppendResult::Duplicate(existing));
                     continue;
                 }
-                if let Some(r) = record.as_ref().filter(|r| r.owner != new.author.user) {
+                // A pushed change must come from its actor's owner (or bind an unbound actor);
+                // a relayed one is checked only for causality and keeps the owner as it is.
+                let pushed = matches!(new.kind, EntryKind::Change(_));
+                if pushed
+                    && let Some(owner) = record
+                        .as_ref()
+                        .and_then(|r| r.owner.as_ref())
+                        .filter(|o| **o != new.author.user)
+                {
                     return Err(LogError::ActorOwnedByOther {
                         hash: info.hash,
-                        owner: r.owner.clone(),
+                        owner: owner.clone(),
                     });
                 }
                 // The checks that keep the stream causal and every replica able to apply it,
@@ -563,16 +576,21 @@ impl Log {
                     Some(r) if r.max_change_seq >= info.seq => (r.max_change_seq, r.entry_seq),
                     _ => (info.seq, seq),
                 };
+                let owner = match record.as_ref().and_then(|r| r.owner.clone()) {
+                    Some(owner) => Some(owner),
+                    None if pushed => Some(new.author.user.clone()),
+                    None => None,
+                };
                 actors.insert(
                     info.actor.clone(),
                     ActorRecord {
-                        owner: new.author.user.clone(),
+                        owner,
                         max_change_seq,
                         entry_seq,
                     },
                 );
                 in_batch.insert(info.hash, seq);
-                if let EntryKind::Change(c) = &new.kind {
+                if let Some(c) = new.kind.change_bytes() {
                     change_bytes += c.len() as u64;
                 }
             } else {
@@ -826,9 +844,9 @@ impl EventLog for Log {
         let mut infos = Vec::with_capacity(entries.len());
         for e in &entries {
             e.kind.check_limits()?;
-            infos.push(match &e.kind {
-                EntryKind::Change(bytes) => Some(inspect_change(bytes)?),
-                _ => None,
+            infos.push(match e.kind.change_bytes() {
+                Some(bytes) => Some(inspect_change(bytes)?),
+                None => None,
             });
         }
         self.append_checked(doc, entries, infos)
@@ -964,6 +982,27 @@ impl EventLog for Log {
                     })
             }
         }
+    }
+
+    fn bump_epoch(&self, doc: &DocId) -> Result<(Epoch, Durable), LogError> {
+        let state = self.state(doc)?;
+        let mut st = lock(&state);
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        let mut meta = st.meta.clone();
+        meta.epoch = Epoch(meta.epoch.get().checked_add(1).ok_or_else(|| {
+            LogError::Invalid(format!("document {doc}: no epoch after {}", meta.epoch))
+        })?);
+        let mut batch = WriteBatch::default();
+        batch.put(
+            keys::doc_key(keys::META, doc),
+            codec::encode(&meta).map_err(LogError::Invalid)?,
+        );
+        self.kv.apply(batch)?;
+        let epoch = meta.epoch;
+        st.meta = meta;
+        Ok((epoch, self.committer.ticket()))
     }
 
     fn fencing_counter(&self) -> Result<FencingToken, LogError> {
@@ -1137,10 +1176,9 @@ impl EventLog for Log {
             // Damaged pages count as bytes only; `verify` is what reports them.
             for (seq, stored) in page::split(doc, first, &value).unwrap_or_default() {
                 stats.entries += 1;
-                if let Ok(Entry {
-                    kind: EntryKind::Change(c),
-                    ..
-                }) = Entry::open(doc, seq, stored)
+                if let Some(c) = Entry::open(doc, seq, stored)
+                    .ok()
+                    .and_then(|e| e.kind.into_change_bytes())
                 {
                     stats.changes += 1;
                     stats.change_bytes += c.len() as u64;

@@ -45,6 +45,8 @@ conformance!(
     compaction_keeps_a_page_that_straddles_the_snapshot,
     indexes_survive_a_reopen_between_checkpoints,
     causality_checks_refuse_and_write_nothing,
+    relayed_changes_pass_causal_checks_and_bind_no_actor,
+    bump_epoch_moves_the_stream_and_survives_reopen,
 );
 
 fn new_log(b: &Backend) -> Arc<converge_log::Log> {
@@ -182,7 +184,7 @@ fn actor_index_tracks_owner_and_seq(b: Backend) {
     )
     .unwrap();
     let rec = log.actor(&DOC, &[3; 16]).unwrap().unwrap();
-    assert_eq!(rec.owner, alice.user);
+    assert_eq!(rec.owner, Some(alice.user.clone()));
     assert_eq!(rec.max_change_seq, 2);
     assert_eq!(rec.entry_seq, Seq(2));
     assert_eq!(log.actor(&DOC, &[4; 16]).unwrap(), None);
@@ -773,4 +775,107 @@ fn a_directory_opens_once_and_reopens_right_after_close() {
         let log = converge_log::Log::open(dir.path(), LogConfig::default()).unwrap();
         drop(log);
     }
+}
+
+fn relayed(author: &converge_log::Author, bytes: Vec<u8>) -> NewEntry {
+    NewEntry {
+        at_ms: 1_700_000_000_000,
+        author: author.clone(),
+        kind: EntryKind::Relayed(bytes),
+    }
+}
+
+fn relayed_changes_pass_causal_checks_and_bind_no_actor(b: Backend) {
+    let log = new_log(&b);
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let mut a = Writer::new(1);
+    log.append(&DOC, vec![change_entry(&alice, a.put("a", 1))])
+        .unwrap();
+    // Carol relays alice's next change: accepted, and alice keeps her actor.
+    log.append(&DOC, vec![relayed(&carol, a.put("a", 2))])
+        .unwrap();
+    let rec = log.actor(&DOC, &[1; 16]).unwrap().unwrap();
+    assert_eq!(rec.owner, Some(alice.user.clone()));
+    assert_eq!(rec.max_change_seq, 2);
+    // Relaying is still checked for causality: a skipped seq is refused, nothing written.
+    let _skipped = a.put("a", 3);
+    let err = log
+        .append(&DOC, vec![relayed(&carol, a.put("a", 4))])
+        .unwrap_err();
+    assert!(matches!(err, LogError::SeqGap { .. }), "{err:?}");
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(2));
+
+    // An actor first seen through a relay stays unbound...
+    let mut fresh = Writer::new(2);
+    let b1 = fresh.put("b", 1);
+    log.append(&DOC, vec![relayed(&carol, b1.clone())]).unwrap();
+    assert_eq!(log.actor(&DOC, &[2; 16]).unwrap().unwrap().owner, None);
+    // ... a relayed duplicate is acknowledged like any duplicate ...
+    let again = log.append(&DOC, vec![relayed(&alice, b1)]).unwrap();
+    assert!(matches!(again.results[0], AppendResult::Duplicate(Seq(3))));
+    // ... and the first user to push as it directly becomes its owner; then nobody else may.
+    log.append(&DOC, vec![change_entry(&bob, fresh.put("b", 2))])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    assert_eq!(
+        log.actor(&DOC, &[2; 16]).unwrap().unwrap().owner,
+        Some(bob.user.clone())
+    );
+    let err = log
+        .append(&DOC, vec![change_entry(&carol, fresh.put("b", 3))])
+        .unwrap_err();
+    assert!(matches!(err, LogError::ActorOwnedByOther { .. }), "{err:?}");
+
+    // The ownership rebuilt from the entries after a reopen is the same.
+    drop(log);
+    let log = b.open(LogConfig::default());
+    assert_eq!(
+        log.actor(&DOC, &[2; 16]).unwrap().unwrap().owner,
+        Some(bob.user.clone())
+    );
+    assert_eq!(
+        log.actor(&DOC, &[1; 16]).unwrap().unwrap().owner,
+        Some(alice.user.clone())
+    );
+    let kinds: Vec<&str> = log
+        .read(&DOC, Seq(1), 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.name())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["change", "relayed change", "relayed change", "change"]
+    );
+}
+
+fn bump_epoch_moves_the_stream_and_survives_reopen(b: Backend) {
+    let log = new_log(&b);
+    let mut a = Writer::new(1);
+    log.append(&DOC, vec![change_entry(&user("alice"), a.put("a", 1))])
+        .unwrap();
+    let before = log.head(&DOC).unwrap().epoch;
+    let (epoch, durable) = log.bump_epoch(&DOC).unwrap();
+    durable.wait().unwrap();
+    assert_eq!(epoch.get(), before.get() + 1);
+    log.append(&DOC, vec![change_entry(&user("alice"), a.put("a", 2))])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    drop(log);
+    let log = b.open(LogConfig::default());
+    let head = log.head(&DOC).unwrap();
+    assert_eq!(head.epoch, epoch);
+    assert_eq!(head.last_seq, Seq(2));
+    let entries = log.read(&DOC, Seq(1), 10).unwrap();
+    assert_eq!(entries[0].epoch, before);
+    assert_eq!(entries[1].epoch, epoch);
+    assert_eq!(log.verify(&DOC).unwrap(), 2);
+    assert!(matches!(
+        log.bump_epoch(&DocId::from_bytes([8; 16])),
+        Err(LogError::UnknownDoc(_))
+    ));
 }

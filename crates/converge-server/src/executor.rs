@@ -1,13 +1,20 @@
 //! Executes the hub's storage requests against the log. Synchronous: call it from a thread
 //! that may block. Shared by the server and the simulation, so both shells behave alike.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
 
+use automerge::sync::SyncDoc;
 use converge_core::{
-    Appended, Catchup, CatchupPlan, HeadView, PushAuthor, PushedChange, Refusal, plan_catchup,
+    Appended, Catchup, CatchupPlan, HeadView, PushAuthor, PushedChange, Refusal, SyncStep,
+    plan_catchup,
 };
-use converge_log::{AppendResult, Author, Durable, EntryKind, EventLog, LogError, NewEntry};
-use converge_proto::{Blob, ChangeHash, DocId, Epoch, ErrorCode, Position, Seq};
+use converge_log::{
+    AppendResult, Author, DocStore, Durable, EntryKind, EventLog, LogError, NewEntry, StoreConfig,
+    StoreError,
+};
+use converge_proto::{Blob, ChangeHash, DocId, Epoch, ErrorCode, Position, Seq, SessionId};
 
 /// Entries read per page while building a catch-up.
 const PAGE: usize = 4096;
@@ -15,15 +22,41 @@ const PAGE: usize = 4096;
 /// The epoch a stream gets when a push creates it.
 pub const FIRST_EPOCH: Epoch = Epoch(1);
 
-/// Runs appends and catch-ups for the hub.
+/// Reconciliations open at once; a new one beyond this is refused until one ends or expires.
+const MAX_RECONCILIATIONS: usize = 1024;
+
+/// A reconciliation's sync state is dropped after this long without a message.
+const RECONCILE_IDLE_MS: u64 = 60_000;
+
+/// Runs appends, catch-ups and reconciliation steps for the hub, and keeps the documents it
+/// materializes (for reconciliation and snapshots) in a [`DocStore`].
 #[derive(Debug, Clone)]
 pub struct LogExecutor {
     log: Arc<dyn EventLog>,
+    store: Arc<DocStore>,
+    /// automerge sync state per (session, document) reconciling.
+    reconciliations: Arc<Mutex<HashMap<(SessionId, DocId), Reconciliation>>>,
+}
+
+#[derive(Debug)]
+struct Reconciliation {
+    state: automerge::sync::State,
+    last_ms: u64,
 }
 
 impl LogExecutor {
     pub fn new(log: Arc<dyn EventLog>) -> Self {
-        LogExecutor { log }
+        let store = Arc::new(DocStore::new(log.clone(), StoreConfig::default()));
+        LogExecutor {
+            log,
+            store,
+            reconciliations: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The materialized documents.
+    pub fn store(&self) -> &Arc<DocStore> {
+        &self.store
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -32,12 +65,15 @@ impl LogExecutor {
 
     /// Appends pushed changes, all or nothing, creating the stream on the first push. Returns
     /// what the log did and the ticket to wait on before acknowledging.
+    /// `relayed`: the changes are handed back during reconciliation (see
+    /// [`EntryKind::Relayed`]).
     pub fn append(
         &self,
         doc: &DocId,
         author: &PushAuthor,
         at_ms: u64,
         changes: &[Blob],
+        relayed: bool,
     ) -> Result<(Appended, Durable), Refusal> {
         let entries: Vec<NewEntry> = changes
             .iter()
@@ -47,7 +83,11 @@ impl LogExecutor {
                     user: author.user.clone(),
                     session: Some(author.session),
                 },
-                kind: EntryKind::Change(c.to_vec()),
+                kind: if relayed {
+                    EntryKind::Relayed(c.to_vec())
+                } else {
+                    EntryKind::Change(c.to_vec())
+                },
             })
             .collect();
         // Decoding first also means a push of garbage to a new document creates nothing.
@@ -141,6 +181,90 @@ impl LogExecutor {
         }
     }
 
+    /// One step of a reconciliation: takes the client's automerge sync message against the
+    /// document as the log holds it, and returns the changes the client showed the server
+    /// lacks (for the hub to log as relayed changes) and the server's next sync message.
+    /// Nothing is written here.
+    pub fn reconcile(
+        &self,
+        session: SessionId,
+        doc: &DocId,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Result<SyncStep, Refusal> {
+        let bad = |m: String| Refusal::new(ErrorCode::BadSyncMessage, m);
+        let msg = automerge::sync::Message::decode(bytes)
+            .map_err(|e| bad(format!("not an automerge sync message: {e}")))?;
+        // The server's side of the exchange: the log's document (a fresh one if the stream
+        // does not exist yet: the server lost all of it).
+        let mut server = match self.store.read(doc, |d| d.clone()) {
+            Ok(d) => d,
+            Err(StoreError::Log(LogError::UnknownDoc(_))) => automerge::Automerge::new(),
+            Err(StoreError::Log(e)) => return Err(refusal(&e)),
+            Err(e) => return Err(Refusal::new(ErrorCode::StorageFailed, e.to_string())),
+        };
+        let logged = server.get_heads();
+        let mut all = crate::lock(&self.reconciliations);
+        all.retain(|_, r| now_ms.saturating_sub(r.last_ms) < RECONCILE_IDLE_MS);
+        if !all.contains_key(&(session, *doc)) && all.len() >= MAX_RECONCILIATIONS {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "too many reconciliations are open; try again later",
+            ));
+        }
+        let r = all
+            .entry((session, *doc))
+            .or_insert_with(|| Reconciliation {
+                state: automerge::sync::State::new(),
+                last_ms: now_ms,
+            });
+        r.last_ms = now_ms;
+        // The peer's changes are taken into a copy only; automerge may panic on hostile ones.
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            server
+                .receive_sync_message(&mut r.state, msg)
+                .map_err(|e| e.to_string())?;
+            let missing: Vec<Blob> = server
+                .get_changes(&logged)
+                .into_iter()
+                .map(|c| Blob(c.raw_bytes().to_vec()))
+                .collect();
+            let reply = server
+                .generate_sync_message(&mut r.state)
+                .map(|m| Blob(m.encode()));
+            Ok::<_, String>(SyncStep { missing, reply })
+        }));
+        let step = match step {
+            Ok(Ok(step)) => step,
+            Ok(Err(e)) => {
+                all.remove(&(session, *doc));
+                return Err(bad(format!("the sync message does not apply: {e}")));
+            }
+            Err(_) => {
+                all.remove(&(session, *doc));
+                return Err(bad(
+                    "the sync message holds changes automerge cannot take".into()
+                ));
+            }
+        };
+        if step.reply.is_none() {
+            all.remove(&(session, *doc));
+        }
+        Ok(step)
+    }
+
+    /// Writes a snapshot of the document if the log says one is due (materializing it in
+    /// the store), so fresh subscribers load a snapshot and a short tail.
+    pub fn snapshot_if_due(&self, doc: &DocId) -> Result<bool, StoreError> {
+        self.store.snapshot_if_due(doc)
+    }
+
+    /// Drops the document from memory (nobody is subscribed to it any more).
+    pub fn evict(&self, doc: &DocId) {
+        self.store.evict(doc);
+        crate::lock(&self.reconciliations).retain(|(_, d), _| d != doc);
+    }
+
     fn entries(&self, doc: &DocId, from: Seq, through: Seq) -> Result<Vec<Blob>, Refusal> {
         let mut out = Vec::new();
         let mut next = from;
@@ -154,10 +278,7 @@ impl LogExecutor {
                     return Ok(out);
                 }
                 next = e.seq.next();
-                out.push(match e.kind {
-                    EntryKind::Change(bytes) => Blob(bytes),
-                    _ => Blob::default(),
-                });
+                out.push(Blob(e.kind.into_change_bytes().unwrap_or_default()));
             }
         }
         Ok(out)

@@ -5,16 +5,22 @@
 //! for them (so the log assigns seqs in hub order), and their durability is awaited in that
 //! same order before the hub hears back: the contract in converge-core's hub docs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use converge_core::{Appended, Catchup, Hub, HubStats, Output, PushAuthor, Refusal, Ticket};
+use converge_core::{
+    Appended, Catchup, Hub, HubStats, Output, PushAuthor, Refusal, SyncStep, Ticket,
+};
 use converge_log::Durable;
 use converge_proto::{Blob, CloseCode, DocId, ErrorCode, Position, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::LogExecutor;
+
+/// New entries of a document between two checks whether a snapshot is due (the log's rule
+/// is counted in thousands of entries; checking every append would cost a task each).
+const SNAPSHOT_CHECK_EVERY: u64 = 500;
 
 /// Frames queued per connection before it counts as a slow consumer.
 pub(crate) const OUTBOX: usize = 1024;
@@ -50,8 +56,17 @@ pub(crate) enum HubEvent {
     },
     Appended {
         ticket: Ticket,
+        doc: DocId,
         changes: Vec<Blob>,
         result: Result<Appended, Refusal>,
+    },
+    Reconciled {
+        ticket: Ticket,
+        result: Result<SyncStep, Refusal>,
+    },
+    /// A background snapshot check for the document finished.
+    Snapshotted {
+        doc: DocId,
     },
     Catchup {
         ticket: Ticket,
@@ -76,7 +91,16 @@ struct AppendJob {
     doc: DocId,
     author: PushAuthor,
     changes: Vec<Blob>,
+    relayed: bool,
     at_ms: u64,
+}
+
+/// What the writer hands the durability waiter.
+struct Written {
+    ticket: Ticket,
+    doc: DocId,
+    changes: Vec<Blob>,
+    wait: WaitFor,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -94,7 +118,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel::<HubEvent>(4096);
     let (ready_tx, ready_rx) = watch::channel(true);
     let (job_tx, job_rx) = std::sync::mpsc::channel::<AppendJob>();
-    let (wait_tx, wait_rx) = mpsc::unbounded_channel::<(Ticket, Vec<Blob>, WaitFor)>();
+    let (wait_tx, wait_rx) = mpsc::unbounded_channel::<Written>();
 
     let writer_exec = exec.clone();
     std::thread::Builder::new()
@@ -115,26 +139,35 @@ enum WaitFor {
 fn writer(
     exec: LogExecutor,
     jobs: std::sync::mpsc::Receiver<AppendJob>,
-    wait: mpsc::UnboundedSender<(Ticket, Vec<Blob>, WaitFor)>,
+    wait: mpsc::UnboundedSender<Written>,
 ) {
     while let Ok(job) = jobs.recv() {
-        let result = match exec.append(&job.doc, &job.author, job.at_ms, &job.changes) {
-            Ok((appended, durable)) => WaitFor::Durable(appended, durable),
-            Err(r) => WaitFor::Refused(r),
+        let result = exec.append(&job.doc, &job.author, job.at_ms, &job.changes, job.relayed);
+        let written = Written {
+            ticket: job.ticket,
+            doc: job.doc,
+            changes: job.changes,
+            wait: match result {
+                Ok((appended, durable)) => WaitFor::Durable(appended, durable),
+                Err(r) => WaitFor::Refused(r),
+            },
         };
-        if wait.send((job.ticket, job.changes, result)).is_err() {
+        if wait.send(written).is_err() {
             return;
         }
     }
 }
 
 /// Awaits durability in append order, then tells the hub.
-async fn waiter(
-    mut rx: mpsc::UnboundedReceiver<(Ticket, Vec<Blob>, WaitFor)>,
-    hub: mpsc::Sender<HubEvent>,
-) {
-    while let Some((ticket, changes, w)) = rx.recv().await {
-        let result = match w {
+async fn waiter(mut rx: mpsc::UnboundedReceiver<Written>, hub: mpsc::Sender<HubEvent>) {
+    while let Some(Written {
+        ticket,
+        doc,
+        changes,
+        wait,
+    }) = rx.recv().await
+    {
+        let result = match wait {
             WaitFor::Durable(appended, durable) => match durable.await {
                 Ok(()) => Ok(appended),
                 Err(e) => {
@@ -147,6 +180,7 @@ async fn waiter(
         if hub
             .send(HubEvent::Appended {
                 ticket,
+                doc,
                 changes,
                 result,
             })
@@ -170,6 +204,10 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    // Documents with a snapshot check running in the background (one at a time per doc).
+    let mut snapshotting: HashSet<DocId> = HashSet::new();
+    // New entries per document since its last snapshot check.
+    let mut since_check: HashMap<DocId, u64> = HashMap::new();
     loop {
         tokio::select! {
             ev = rx.recv() => {
@@ -187,8 +225,21 @@ async fn run(
                         conns.remove(&session);
                         hub.disconnect(session);
                     }
-                    HubEvent::Appended { ticket, changes, result } => {
-                        hub.handle_appended(ticket, &changes, result)
+                    HubEvent::Appended { ticket, doc, changes, result } => {
+                        let wrote = result
+                            .as_ref()
+                            .map_or(0, |a| a.changes.iter().filter(|c| c.new).count() as u64);
+                        hub.handle_appended(ticket, &changes, result);
+                        let n = since_check.entry(doc).or_default();
+                        *n += wrote;
+                        if *n >= SNAPSHOT_CHECK_EVERY && snapshotting.insert(doc) {
+                            *n = 0;
+                            snapshot_if_due(&exec, &tx, doc);
+                        }
+                    }
+                    HubEvent::Reconciled { ticket, result } => hub.handle_reconcile(ticket, result),
+                    HubEvent::Snapshotted { doc } => {
+                        snapshotting.remove(&doc);
                     }
                     HubEvent::Catchup { ticket, result } => hub.handle_catchup(ticket, result),
                     HubEvent::Stats { reply } => {
@@ -231,12 +282,14 @@ async fn run(
                     doc,
                     author,
                     changes,
+                    relayed,
                 } => {
                     let job = AppendJob {
                         ticket,
                         doc,
                         author,
                         changes,
+                        relayed,
                         at_ms: now_ms(),
                     };
                     if jobs.send(job).is_err() {
@@ -244,6 +297,17 @@ async fn run(
                     }
                 }
                 Output::Catchup { ticket, doc, after } => catchup(&exec, &tx, ticket, doc, after),
+                Output::Reconcile {
+                    ticket,
+                    doc,
+                    session,
+                    bytes,
+                } => reconcile(&exec, &tx, ticket, doc, session, bytes),
+                Output::Release { doc } => {
+                    since_check.remove(&doc);
+                    let exec = exec.clone();
+                    tokio::task::spawn_blocking(move || exec.evict(&doc));
+                }
             }
         }
         if shutdown.is_some() && hub.drained() {
@@ -276,6 +340,42 @@ fn catchup(
             .await
             .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
         let _ = tx.send(HubEvent::Catchup { ticket, result }).await;
+    });
+}
+
+fn reconcile(
+    exec: &LogExecutor,
+    tx: &mpsc::Sender<HubEvent>,
+    ticket: Ticket,
+    doc: DocId,
+    session: SessionId,
+    bytes: Blob,
+) {
+    let exec = exec.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let result =
+            tokio::task::spawn_blocking(move || exec.reconcile(session, &doc, &bytes, now_ms()))
+                .await
+                .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
+        let _ = tx.send(HubEvent::Reconciled { ticket, result }).await;
+    });
+}
+
+/// Writes a snapshot in the background when the log says one is due, so a fresh subscriber
+/// loads a snapshot and a short tail instead of the whole stream. Off the push path.
+fn snapshot_if_due(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, doc: DocId) {
+    let exec = exec.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(move || exec.snapshot_if_due(&doc)).await;
+        match result {
+            Ok(Ok(true)) => tracing::debug!(%doc, "snapshot written"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(%doc, error = %e, "snapshot failed"),
+            Err(e) => tracing::error!(%doc, error = %e, "snapshot task failed"),
+        }
+        let _ = tx.send(HubEvent::Snapshotted { doc }).await;
     });
 }
 

@@ -22,5 +22,11 @@ mod hub_task;
 mod server;
 
 pub use config::ServerConfig;
+
+/// Locks a mutex, taking the data even if a panicking thread poisoned it (every critical
+/// section here leaves its data consistent).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use executor::{FIRST_EPOCH, LogExecutor, refusal};
 pub use server::{ServerError, ServerHandle, start, start_with_log};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT};
 use converge_core::{DevAuthenticator, Hub, HubConfig, Output, apply_changes};
-use converge_log::{DocStore, EntryKind, EventLog, Log, LogConfig, MemStorage, StoreConfig};
+use converge_log::{DocStore, EventLog, Log, LogConfig, MemStorage, StoreConfig};
 use converge_proto::*;
 use converge_server::LogExecutor;
 use proptest::prelude::*;
@@ -60,8 +60,8 @@ proptest! {
         let drive = |hub: &mut Hub| {
             while let Some(out) = hub.poll_output() {
                 match out {
-                    Output::Append { ticket, doc, author, changes } => {
-                        let r = exec.append(&doc, &author, 1, &changes).and_then(|(a, d)| {
+                    Output::Append { ticket, doc, author, changes, relayed } => {
+                        let r = exec.append(&doc, &author, 1, &changes, relayed).and_then(|(a, d)| {
                             d.wait().map(|()| a).map_err(|e| converge_server::refusal(&e))
                         });
                         hub.handle_appended(ticket, &changes, r);
@@ -92,7 +92,7 @@ proptest! {
         if log.docs().unwrap().contains(&DOC) {
             // A fresh replica takes everything logged in one call...
             let changes: Vec<Vec<u8>> = log.read(&DOC, Seq(1), usize::MAX).unwrap().into_iter()
-                .filter_map(|e| match e.kind { EntryKind::Change(c) => Some(c), _ => None }).collect();
+                .filter_map(|e| e.kind.into_change_bytes()).collect();
             let mut replica = AutoCommit::new();
             prop_assert!(apply_changes(&mut replica, &changes).is_ok());
             // ...and the server's document store materializes it without quarantining anything.

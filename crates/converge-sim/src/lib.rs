@@ -36,8 +36,8 @@ pub enum SimError {
     Store(#[from] converge_log::StoreError),
     #[error("automerge: {0}")]
     Automerge(#[from] automerge::AutomergeError),
-    #[error("not quiescent after {0} steps")]
-    NotQuiescent(usize),
+    #[error("not quiescent after {0} steps: {1}")]
+    NotQuiescent(usize, String),
     #[error("replicas differ: {0}")]
     Diverged(String),
 }
@@ -100,6 +100,8 @@ struct Server {
     /// Appends executed and waiting for the flush that makes them durable.
     unflushed: VecDeque<(Ticket, Vec<Blob>, Executed)>,
     catchups: VecDeque<(Ticket, DocId, Option<Position>)>,
+    /// Reconciliation sync messages waiting for the executor.
+    reconciles: VecDeque<(Ticket, DocId, SessionId, Blob)>,
 }
 
 impl Server {
@@ -113,6 +115,7 @@ impl Server {
             hub: Hub::new(HubConfig::default(), Box::new(DevAuthenticator)),
             unflushed: VecDeque::new(),
             catchups: VecDeque::new(),
+            reconciles: VecDeque::new(),
         })
     }
 }
@@ -256,6 +259,35 @@ impl Sim {
         Ok(())
     }
 
+    /// A backup of the server's log as it is durable now (see [`Sim::restore_server`]).
+    pub fn backup_server(&mut self) -> MemStorage {
+        self.flush_server();
+        self.server.storage.backup()
+    }
+
+    /// Restores a backup, as an operator would after losing the server's disk: the server
+    /// restarts on the backup (every connection drops, everything after it is gone) and the
+    /// document's stream moves to a new epoch, so clients holding changes the backup lacks
+    /// reconcile when they come back.
+    pub fn restore_server(&mut self, backup: &MemStorage) -> Result<(), SimError> {
+        for l in 0..self.links.len() {
+            if self.links[l].open {
+                let client = self.links[l].client;
+                self.links[l].open = false;
+                self.clients[client].link = None;
+                self.clients[client].session.disconnected();
+            }
+        }
+        self.server = Server::open(backup.backup())?;
+        match self.server.log.bump_epoch(&DOC) {
+            Ok((_, durable)) => durable.wait()?,
+            // The backup predates the document: its first push creates it afresh.
+            Err(converge_log::LogError::UnknownDoc(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
     /// Compacts the server's log: a snapshot of the document and the entries it covers dropped.
     pub fn compact_server(&mut self) -> Result<(), SimError> {
         self.flush_server();
@@ -278,7 +310,26 @@ impl Sim {
             }
             self.step();
         }
-        Err(SimError::NotQuiescent(max_steps))
+        let clients: Vec<String> = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "client {i}: online {} linked {} live {} must_reconcile {} reconciling {} pending {}",
+                    c.online,
+                    c.link.is_some(),
+                    c.session.is_live(&DOC),
+                    c.session.must_reconcile(&DOC),
+                    c.session.is_reconciling(&DOC),
+                    c.session.pending_count(&DOC)
+                )
+            })
+            .collect();
+        Err(SimError::NotQuiescent(
+            max_steps,
+            format!("seed {}: {}", self.config.seed, clients.join("; ")),
+        ))
     }
 
     /// Runs `n` random steps (faults included).
@@ -291,6 +342,7 @@ impl Sim {
     fn quiescent(&self) -> bool {
         self.server.unflushed.is_empty()
             && self.server.catchups.is_empty()
+            && self.server.reconciles.is_empty()
             && self
                 .links
                 .iter()
@@ -299,6 +351,7 @@ impl Sim {
                 !c.online
                     || (c.link.is_some()
                         && c.session.is_live(&DOC)
+                        && !c.session.is_reconciling(&DOC)
                         && c.session.pending_count(&DOC) == 0)
             })
     }
@@ -368,11 +421,14 @@ impl Sim {
             self.links[l].up.push_back((at, frame));
         }
         while let Some(ev) = c.session.poll_event() {
-            if let SessionEvent::Acked {
-                position: Some(p), ..
-            } = ev
-            {
-                c.store.position = Some(p);
+            match ev {
+                SessionEvent::Acked {
+                    position: Some(p), ..
+                }
+                | SessionEvent::Reconciled {
+                    position: Some(p), ..
+                } => c.store.position = Some(p),
+                _ => {}
             }
         }
         // Acked and refused changes leave the session's queue from the front; the store's
@@ -405,16 +461,28 @@ impl Sim {
                     doc,
                     author,
                     changes,
+                    relayed,
                 } => {
                     let r = self
                         .server
                         .exec
-                        .append(&doc, &author, self.now_ms, &changes);
+                        .append(&doc, &author, self.now_ms, &changes, relayed);
                     self.server.unflushed.push_back((ticket, changes, r));
                 }
                 Output::Catchup { ticket, doc, after } => {
                     self.server.catchups.push_back((ticket, doc, after));
                 }
+                Output::Reconcile {
+                    ticket,
+                    doc,
+                    session,
+                    bytes,
+                } => {
+                    self.server
+                        .reconciles
+                        .push_back((ticket, doc, session, bytes));
+                }
+                Output::Release { doc } => self.server.exec.evict(&doc),
             }
         }
     }
@@ -447,6 +515,15 @@ impl Sim {
             let r = self.server.exec.catchup(&doc, after);
             self.flush_server();
             self.server.hub.handle_catchup(ticket, r);
+        }
+        while let Some((ticket, doc, session, bytes)) = self.server.reconciles.pop_front() {
+            // Reads what is durable, like a catch-up.
+            self.flush_server();
+            let r = self
+                .server
+                .exec
+                .reconcile(session, &doc, &bytes, self.now_ms);
+            self.server.hub.handle_reconcile(ticket, r);
         }
         self.pump_server();
     }
@@ -511,7 +588,12 @@ impl Sim {
             match apply_incoming(&mut c.doc, &batch) {
                 Ok(()) => {
                     c.store.doc = c.doc.save();
-                    c.store.position = Some(batch.position);
+                    if batch.persist_position {
+                        c.store.position = Some(batch.position);
+                    }
+                    if batch.reconcile {
+                        c.session.begin_reconcile(DOC, c.doc.document());
+                    }
                 }
                 Err(e) => panic!(
                     "seed {}: client {i} could not apply a batch: {e}",
@@ -522,14 +604,16 @@ impl Sim {
         self.pump_client(i);
     }
 
-    /// Checks that every client and the server hold the same document (heads and JSON).
-    pub fn assert_converged(&mut self) -> Result<serde_json::Value, SimError> {
+    /// The server's document as its log holds it (heads sorted, JSON).
+    pub fn server_state(
+        &mut self,
+    ) -> Result<(Vec<automerge::ChangeHash>, serde_json::Value), SimError> {
         self.flush_server();
         let store = converge_log::DocStore::new(
             self.server.log.clone(),
             converge_log::StoreConfig::default(),
         );
-        let (mut server_heads, server_json) =
+        let (mut heads, json) =
             match store.read(&DOC, |d| (d.get_heads(), converge_schema::to_json(d))) {
                 Ok(v) => v,
                 Err(converge_log::StoreError::Log(converge_log::LogError::UnknownDoc(_))) => (
@@ -538,7 +622,13 @@ impl Sim {
                 ),
                 Err(e) => return Err(e.into()),
             };
-        server_heads.sort();
+        heads.sort();
+        Ok((heads, json))
+    }
+
+    /// Checks that every client and the server hold the same document (heads and JSON).
+    pub fn assert_converged(&mut self) -> Result<serde_json::Value, SimError> {
+        let (server_heads, server_json) = self.server_state()?;
         for (i, c) in self.clients.iter_mut().enumerate() {
             let mut heads = c.doc.get_heads();
             heads.sort();

@@ -146,11 +146,62 @@ fn client_restarts_keep_their_offline_edits() {
     assert_eq!(s.assert_converged().unwrap()["k"], 39);
 }
 
+#[test]
+fn a_server_restored_to_an_older_epoch_gets_back_what_clients_hold() {
+    for seed in 0..10 {
+        let mut s = sim(200 + seed, 3, 0.0);
+        for n in 0..5 {
+            put(&mut s, (n % 3) as usize, "before", n);
+            s.run(3);
+        }
+        s.run_until_quiescent(STEPS).unwrap();
+        let backup = s.backup_server();
+
+        // After the backup: client 0 writes and sees its changes acknowledged; client 1's
+        // changes reach client 2, then client 1 goes away; client 2 writes offline on top.
+        put(&mut s, 0, "acked_then_lost", 1);
+        append(&mut s, 1, 10);
+        append(&mut s, 1, 11);
+        s.run_until_quiescent(STEPS).unwrap();
+        s.set_online(1, false);
+        s.set_online(2, false);
+        append(&mut s, 2, 20);
+
+        // The server comes back from the backup: a new epoch, none of the above in its log.
+        s.restore_server(&backup).unwrap();
+        let head = s.log().head(&converge_sim::DOC).unwrap();
+        assert!(head.epoch.get() > 1);
+
+        // Client 2 relays client 1's changes (a foreign actor) and its own; client 0 its own.
+        s.set_online(2, true);
+        s.run_until_quiescent(STEPS).unwrap();
+        // Before client 1 returns, the server already holds its changes (relayed by client 2)
+        // and client 0's acknowledged-then-lost change (relayed by client 0).
+        let (_, server) = s.server_state().unwrap();
+        assert_eq!(server["acked_then_lost"], 1, "seed {seed}");
+        assert_eq!(
+            server["items"],
+            serde_json::json!([10, 11, 20]),
+            "seed {seed}"
+        );
+        s.set_online(1, true);
+        s.run_until_quiescent(STEPS).unwrap();
+        let json = s.assert_converged().unwrap();
+        assert_eq!(json["acked_then_lost"], 1, "seed {seed}");
+        assert_eq!(
+            json["items"],
+            serde_json::json!([10, 11, 20]),
+            "seed {seed}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
     fn random_schedules_with_faults_converge(seed in any::<u64>(), clients in 2usize..5, ops in proptest::collection::vec((0usize..5, 0u8..6, any::<i8>()), 1..40)) {
         let mut s = sim(seed, clients, 0.02);
+        let mut backup = None;
         for (who, what, v) in ops {
             let i = who % clients;
             match what {
@@ -158,6 +209,13 @@ proptest! {
                 2 => append(&mut s, i, v as i64),
                 3 => s.restart_client(i).unwrap(),
                 4 if v % 4 == 0 => s.crash_server().unwrap(),
+                // Take a backup, or restore the one taken (only once the document exists: a
+                // backup that predates it cannot fence clients by epoch).
+                5 if v % 3 == 0 => match backup.take() {
+                    Some(b) => s.restore_server(&b).unwrap(),
+                    None if s.log().head(&converge_sim::DOC).is_ok() => backup = Some(s.backup_server()),
+                    None => {}
+                },
                 _ => s.run(v.unsigned_abs() as usize),
             }
             s.run(3);
