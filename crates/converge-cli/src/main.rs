@@ -11,6 +11,7 @@ use converge_proto::{DocId, Seq, UserId};
 use converge_schema::{DocKind, to_json};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod bench;
 mod demo;
 mod serve;
 
@@ -59,6 +60,11 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// End-to-end load against a `converge serve` child process over real WebSockets:
+    /// fan-out latency, the editing trace, fresh join, catch-up, idle connections. Prints
+    /// p50/p99/max, server CPU per delivered change and RSS. Run it on the other core from
+    /// the server: `taskset -c 1 converge bench` (the server is pinned to CPU 0).
+    Bench(bench::BenchArgs),
     /// Creates a document from a JSON file and prints its id as the last line.
     Import {
         /// The JSON file (the document's typed shape; see docs/schema.md).
@@ -92,6 +98,17 @@ enum Command {
     /// Snapshots every document, drops the entries the snapshots cover (history before them
     /// is gone), and rewrites the store to give the space back. Run it with the server stopped.
     Compact {
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Restores a backup (a copy of a data directory taken with the server stopped) into an
+    /// empty --data directory and moves every document to a new epoch, so clients that hold
+    /// changes made after the backup hand them back (reconciliation) instead of trusting their
+    /// positions. Run it with the server stopped.
+    Restore {
+        /// The backup: a converge data directory.
+        #[arg(long)]
+        from: PathBuf,
         #[command(flatten)]
         data: DataDir,
     },
@@ -133,11 +150,13 @@ fn main() -> ExitCode {
             max_frame_bytes,
         }),
         Command::Demo { server } => demo::run(server),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Import { file, kind, data } => import(&file, kind, &data.data),
         Command::Replay { doc, at, data } => replay(&doc, at, &data.data),
         Command::Verify { data } => verify(&data.data),
         Command::Inspect { data } => inspect(&data.data),
         Command::Compact { data } => compact(&data.data),
+        Command::Restore { from, data } => restore(&from, &data.data),
     };
     match result {
         Ok(code) => code,
@@ -266,6 +285,48 @@ fn inspect(dir: &Path) -> anyhow::Result<ExitCode> {
         log.size_on_disk()?
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn restore(from: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
+    // Check the backup is a log this build reads before copying anything.
+    drop(open_existing(from)?);
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!(
+            "{} is not empty; restore into a new directory (nothing was changed)",
+            dir.display()
+        );
+    }
+    copy_dir(from, dir)
+        .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
+    let log = open_existing(dir)?;
+    let docs = log.docs()?;
+    for doc in &docs {
+        let (epoch, durable) = log.bump_epoch(doc)?;
+        durable.wait()?;
+        tracing::debug!(%doc, epoch = epoch.get(), "new epoch");
+    }
+    log.flush()?;
+    println!(
+        "restored {} documents from {} into {}; each moved to a new epoch",
+        docs.len(),
+        from.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 fn compact(dir: &Path) -> anyhow::Result<ExitCode> {

@@ -147,3 +147,39 @@ fn demo_converges_over_real_sockets() {
         "{stdout}"
     );
 }
+
+#[test]
+fn restore_copies_a_backup_and_moves_every_document_to_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backup, id) = import_schedule(dir.path());
+    let restored = dir.path().join("restored");
+    let out = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["restore", "--from", backup.to_str().unwrap(), "--data"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("restored 1 documents"),
+        "{}",
+        stdout(&out)
+    );
+    // The restored copy serves the same document at a new epoch; the backup is untouched.
+    let out = converge(&["replay", &id], &restored);
+    assert!(out.status.success(), "{out:?}");
+    let doc: converge_proto::DocId = id.parse().unwrap();
+    let epoch = |data: &Path| {
+        use converge_log::EventLog;
+        let log = converge_log::Log::open(data, converge_log::LogConfig::default()).unwrap();
+        log.head(&doc).unwrap().epoch.get()
+    };
+    assert_eq!(epoch(&restored), epoch(&backup) + 1);
+    assert!(converge(&["verify"], &restored).status.success());
+    // Never over a directory that holds something.
+    let out = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["restore", "--from", backup.to_str().unwrap(), "--data"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

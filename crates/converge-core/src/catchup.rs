@@ -10,6 +10,8 @@ pub struct HeadView {
     pub last_seq: Seq,
     /// Entries at or below this seq are gone (compacted into the snapshot).
     pub compacted_through: Seq,
+    /// The newest snapshot's seq (`Seq(0)`: none).
+    pub snapshot_seq: Seq,
 }
 
 /// What to send a subscriber before it goes live.
@@ -26,7 +28,11 @@ pub enum CatchupPlan {
 /// starts right after what the client holds, or the client gets everything.
 pub fn plan_catchup(after: Option<Position>, head: HeadView) -> CatchupPlan {
     match after {
-        None if head.compacted_through == Seq(0) => CatchupPlan::Replay { from: Seq(1) },
+        // A client with nothing loads the newest snapshot and the tail after it (one load, a
+        // short apply) rather than the whole stream; without a snapshot, the whole stream.
+        None if head.compacted_through == Seq(0) && head.snapshot_seq == Seq(0) => {
+            CatchupPlan::Replay { from: Seq(1) }
+        }
         None => CatchupPlan::Snapshot { reconcile: false },
         Some(p) if p.epoch == head.epoch && p.seq <= head.last_seq => {
             if p.seq >= head.compacted_through {
@@ -47,6 +53,7 @@ mod tests {
         epoch: Epoch(2),
         last_seq: Seq(100),
         compacted_through: Seq(40),
+        snapshot_seq: Seq(40),
     };
 
     fn at(e: u64, s: u64) -> Option<Position> {
@@ -88,8 +95,22 @@ mod tests {
         );
         let fresh = HeadView {
             compacted_through: Seq(0),
+            snapshot_seq: Seq(0),
             ..HEAD
         };
+        // A snapshot without compaction: a fresh client still starts from it.
+        let snapshotted = HeadView {
+            compacted_through: Seq(0),
+            ..HEAD
+        };
+        assert_eq!(
+            plan_catchup(None, snapshotted),
+            CatchupPlan::Snapshot { reconcile: false }
+        );
+        assert_eq!(
+            plan_catchup(at(2, 10), snapshotted),
+            CatchupPlan::Replay { from: Seq(11) }
+        );
         assert_eq!(
             plan_catchup(None, fresh),
             CatchupPlan::Replay { from: Seq(1) }

@@ -156,6 +156,7 @@ impl LogExecutor {
             epoch: head.epoch,
             last_seq: head.last_seq,
             compacted_through: head.compacted_through,
+            snapshot_seq: head.snapshot_seq.unwrap_or(Seq(0)),
         };
         match plan_catchup(after, view) {
             CatchupPlan::Replay { from } => Ok(Catchup::Replay {

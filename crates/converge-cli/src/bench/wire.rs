@@ -1,0 +1,248 @@
+//! The load generator's side of the wire: raw protocol connections (no SDK, so the client
+//! costs little and every frame is timed where it lands) and the server process it measures.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use converge_proto::{
+    Blob, ClientId, ClientMsg, DocId, MAX_FRAME_CEILING, PROTOCOL_VERSION, Position, ServerMsg,
+    decode_server, encode_client,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Sends client messages.
+pub(crate) struct Tx(SplitSink<Ws, Message>);
+
+/// Receives server messages.
+pub(crate) struct Rx(SplitStream<Ws>);
+
+impl Tx {
+    pub(crate) async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
+        let frame = encode_client(msg)?;
+        self.0.send(Message::Binary(frame.into())).await?;
+        Ok(())
+    }
+
+    /// Queues a message without flushing (many pushes go out in one write).
+    pub(crate) async fn feed(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
+        let frame = encode_client(msg)?;
+        self.0.feed(Message::Binary(frame.into())).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> anyhow::Result<()> {
+        self.0.flush().await?;
+        Ok(())
+    }
+}
+
+impl Rx {
+    /// The next protocol message (ping/pong/close frames are skipped; a close is an error).
+    pub(crate) async fn recv(&mut self) -> anyhow::Result<ServerMsg> {
+        loop {
+            let frame = self.0.next().await.context("connection closed")??;
+            match frame {
+                Message::Binary(bytes) => return Ok(decode_server(&bytes, MAX_FRAME_CEILING)?),
+                Message::Close(c) => bail!("closed by the server: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// A message if one is ready now, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<anyhow::Result<ServerMsg>> {
+        use futures_util::FutureExt;
+        self.recv().now_or_never()
+    }
+}
+
+/// Connects and says Hello as `user`; returns once Welcome arrived.
+pub(crate) async fn connect(url: &str, user: &str) -> anyhow::Result<(Tx, Rx)> {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (sink, stream) = ws.split();
+    let (mut tx, mut rx) = (Tx(sink), Rx(stream));
+    tx.send(&ClientMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        client_id: ClientId::random(),
+        token: Some(user.to_string()),
+    })
+    .await?;
+    match rx.recv().await? {
+        ServerMsg::Welcome { .. } => Ok((tx, rx)),
+        other => bail!("expected Welcome, got {}", other.kind()),
+    }
+}
+
+/// What a catch-up brought: the snapshot (if any), the changes after it, and the position.
+pub(crate) struct CaughtUp {
+    pub(crate) snapshot: Option<Blob>,
+    pub(crate) changes: Vec<Blob>,
+    pub(crate) position: Position,
+}
+
+/// Subscribes and reads until Live.
+pub(crate) async fn subscribe(
+    tx: &mut Tx,
+    rx: &mut Rx,
+    doc: DocId,
+    after: Option<Position>,
+) -> anyhow::Result<CaughtUp> {
+    tx.send(&ClientMsg::Subscribe { doc, after }).await?;
+    let mut snapshot = None;
+    let mut changes = Vec::new();
+    loop {
+        match rx.recv().await? {
+            ServerMsg::Snapshot { bytes, .. } => snapshot = Some(bytes),
+            ServerMsg::Changes { changes: c, .. } => changes.extend(c),
+            ServerMsg::Live { epoch, seq, .. } => {
+                return Ok(CaughtUp {
+                    snapshot,
+                    changes,
+                    position: Position { epoch, seq },
+                });
+            }
+            ServerMsg::Error { code, message, .. } => bail!("{code}: {message}"),
+            _ => {}
+        }
+    }
+}
+
+/// Keeps a connection alive: a Ping every 10 s (the server closes silent sessions after two
+/// heartbeats). Owns the sending half.
+pub(crate) fn keepalive(mut tx: Tx) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut nonce = 0;
+        loop {
+            tick.tick().await;
+            nonce += 1;
+            if tx.send(&ClientMsg::Ping { nonce }).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Reads (and drops) everything the server sends, e.g. a writer's Acks.
+pub(crate) fn drain(mut rx: Rx) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while rx.recv().await.is_ok() {} })
+}
+
+/// A `converge serve` child process on a temporary directory, measured through /proc.
+pub(crate) struct ServerProc {
+    child: Child,
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProc {
+    /// Starts this binary's `serve` on 127.0.0.1:0, pinned to CPU 0 when `taskset` exists
+    /// (run the bench itself on the other core: `taskset -c 1 converge bench`).
+    pub(crate) fn start() -> anyhow::Result<ServerProc> {
+        let dir = tempfile::tempdir()?;
+        let exe = std::env::current_exe()?;
+        let data = dir.path().join("data");
+        let args = [
+            "serve".to_string(),
+            "--addr".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            data.display().to_string(),
+        ];
+        let pinned = Command::new("taskset").arg("-V").output().is_ok();
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("0").arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let mut child = cmd
+            .args(&args)
+            .env("CONVERGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .context("the server exited before listening")??;
+            if let Some(rest) = line.strip_prefix("converge listening on ") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .context("no url")?
+                    .to_string();
+            }
+        };
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ServerProc {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// CPU seconds (user + system) the server used so far.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
+            + fields.get(12).context("stime")?.parse::<f64>()?;
+        Ok(ticks / clock_ticks())
+    }
+
+    /// (current RSS, peak RSS) in KiB.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name}"))?;
+            Ok(line
+                .split_whitespace()
+                .nth(1)
+                .context("no value")?
+                .parse()?)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second for /proc times (`getconf CLK_TCK`; 100 on Linux nearly always).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Waits a little for the server to settle (background snapshot, freed buffers) before a
+/// memory or timing measurement. A benchmark, not a test: a pause is what is wanted here.
+pub(crate) async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
