@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         converge_proto::DocId,
         converge_core::PushAuthor,
         Vec<converge_proto::Blob>,
+        bool,
     )> = Vec::new();
     let mut catchups = Vec::new();
     let mut it = data.iter().copied();
@@ -61,8 +62,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             4 => {
-                for (ticket, doc, author, changes) in appends.drain(..) {
-                    let result = append(&log, &doc, &author, &changes);
+                for (ticket, doc, author, changes, relayed) in appends.drain(..) {
+                    let result = append(&log, &doc, &author, &changes, relayed);
                     hub.handle_appended(ticket, &changes, result);
                 }
             }
@@ -80,9 +81,15 @@ fuzz_target!(|data: &[u8]| {
                     doc,
                     author,
                     changes,
-                } => appends.push((ticket, doc, author, changes)),
+                    relayed,
+                } => appends.push((ticket, doc, author, changes, relayed)),
                 Output::Catchup { ticket, doc, .. } => catchups.push((ticket, doc)),
-                Output::Send { .. } | Output::Close { .. } => {}
+                // Reconciliation needs a reconciling snapshot, which this target never serves;
+                // Release is advice.
+                Output::Reconcile { .. }
+                | Output::Release { .. }
+                | Output::Send { .. }
+                | Output::Close { .. } => {}
             }
         }
     }
@@ -92,10 +99,7 @@ fuzz_target!(|data: &[u8]| {
         let mut am = automerge::AutoCommit::new();
         let changes: Vec<Vec<u8>> = entries
             .into_iter()
-            .filter_map(|e| match e.kind {
-                EntryKind::Change(c) => Some(c),
-                _ => None,
-            })
+            .filter_map(|e| e.kind.into_change_bytes())
             .collect();
         converge_core::apply_changes(&mut am, &changes).expect("logged changes apply");
     }
@@ -106,6 +110,7 @@ fn append(
     doc: &converge_proto::DocId,
     author: &converge_core::PushAuthor,
     changes: &[converge_proto::Blob],
+    relayed: bool,
 ) -> Result<converge_core::Appended, Refusal> {
     let refuse = |e: converge_log::LogError| Refusal::new(ErrorCode::Internal, e.to_string());
     let mut hashes = Vec::new();
@@ -125,7 +130,11 @@ fn append(
                 user: author.user.clone(),
                 session: Some(author.session),
             },
-            kind: EntryKind::Change(c.to_vec()),
+            kind: if relayed {
+                EntryKind::Relayed(c.to_vec())
+            } else {
+                EntryKind::Change(c.to_vec())
+            },
         })
         .collect();
     let appended = log.append(doc, entries).map_err(refuse)?;

@@ -121,14 +121,15 @@ fn an_unknown_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     let db = sled::open(dir.path()).unwrap();
-    db.insert(b"Fformat", &2u32.to_be_bytes()).unwrap();
+    let newer = converge_log::FORMAT_VERSION + 1;
+    db.insert(b"Fformat", &newer.to_be_bytes()).unwrap();
     db.flush().unwrap();
     drop(db);
     let err = SledLog::open(dir.path(), LogConfig::default()).unwrap_err();
     assert_eq!(
         err,
         LogError::UnsupportedFormat {
-            found: 2,
+            found: newer,
             supported: converge_log::FORMAT_VERSION
         }
     );

@@ -406,10 +406,11 @@ async fn idle(n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The automerge-perf editing trace through the server: a writer pushes one change per edit
-/// (pipelined: it does not wait for Acks), a reader applies what it receives in batches (all
-/// that is waiting, in one call); timed from the writer's first push until the reader's
-/// document holds the final text.
+/// The automerge-perf editing trace through the server: one change per edit, pushed the way
+/// the SDK's session pushes an editor's changes (one push in flight; each push takes what has
+/// accumulated, up to 256 changes / 512 KiB: here everything has, as for an editor outrunning
+/// the round trip); a reader applies what it receives in batches (all that is waiting, in one
+/// call). Timed from the writer's first push until the reader's document holds the final text.
 async fn trace(path: &std::path::Path) -> anyhow::Result<()> {
     let (changes, end) = trace_changes(path)?;
     let server = ServerProc::start()?;
@@ -420,19 +421,34 @@ async fn trace(path: &std::path::Path) -> anyhow::Result<()> {
     subscribe(&mut rtx, &mut rrx, doc, None).await?;
     let _alive = AbortOnDrop(keepalive(rtx));
     let total = changes.len() as u64;
-    let acks = drain(wrx);
     let cpu0 = server.cpu_seconds()?;
     let t = Instant::now();
     let writer = tokio::spawn(async move {
-        for c in changes {
-            wtx.feed(&ClientMsg::Push {
+        let mut rest = &changes[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && n < 256 && (n == 0 || bytes + rest[n].len() <= 512 * 1024) {
+                bytes += rest[n].len();
+                n += 1;
+            }
+            wtx.send(&ClientMsg::Push {
                 doc,
-                changes: vec![c],
+                changes: rest[..n].to_vec(),
             })
             .await?;
+            rest = &rest[n..];
+            loop {
+                match wrx.recv().await? {
+                    ServerMsg::Ack { .. } => break,
+                    ServerMsg::Error { code, message, .. } => {
+                        bail!("push refused: {code}: {message}")
+                    }
+                    _ => {}
+                }
+            }
         }
-        wtx.flush().await?;
-        anyhow::Ok(wtx)
+        anyhow::Ok((wtx, wrx))
     });
     let mut replica = AutoCommit::new();
     let mut seen = 0u64;
@@ -457,8 +473,7 @@ async fn trace(path: &std::path::Path) -> anyhow::Result<()> {
     }
     let took = t.elapsed();
     let cpu = server.cpu_seconds()? - cpu0;
-    let _wtx = writer.await??;
-    acks.abort();
+    let _writer = writer.await??;
     let text_obj = match replica.get(ROOT, "text")? {
         Some((_, id)) => id,
         None => bail!("the reader has no text"),

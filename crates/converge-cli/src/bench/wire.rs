@@ -30,18 +30,6 @@ impl Tx {
         self.0.send(Message::Binary(frame.into())).await?;
         Ok(())
     }
-
-    /// Queues a message without flushing (many pushes go out in one write).
-    pub(crate) async fn feed(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
-        let frame = encode_client(msg)?;
-        self.0.feed(Message::Binary(frame.into())).await?;
-        Ok(())
-    }
-
-    pub(crate) async fn flush(&mut self) -> anyhow::Result<()> {
-        self.0.flush().await?;
-        Ok(())
-    }
 }
 
 impl Rx {
