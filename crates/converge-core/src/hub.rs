@@ -145,6 +145,10 @@ pub struct HubConfig {
     pub hello_timeout_ms: u64,
     /// Change bytes per replay frame (a replay is split into frames of about this size).
     pub replay_frame_bytes: usize,
+    /// Pushes one session may have waiting for the log per document; more are refused with
+    /// `RateLimited` (the reference client keeps one in flight). Bounds what a client that
+    /// streams pushes without waiting for Acks can queue on the server.
+    pub max_pushes_in_flight: u32,
 }
 
 impl Default for HubConfig {
@@ -160,6 +164,7 @@ impl Default for HubConfig {
             heartbeat_ms: 25_000,
             hello_timeout_ms: 10_000,
             replay_frame_bytes: 256 * 1024,
+            max_pushes_in_flight: 16,
         }
     }
 }
@@ -186,6 +191,8 @@ struct Session {
     /// Documents this session may reconcile (it was sent a reconciling snapshot), with the
     /// sync messages taken so far.
     reconciling: HashMap<DocId, u32>,
+    /// Pushes handed to the shell and not yet answered, per document.
+    pushes_in_flight: HashMap<DocId, u32>,
     last_seen_ms: u64,
     closed: bool,
 }
@@ -290,6 +297,7 @@ impl Hub {
                 client: None,
                 docs: BTreeSet::new(),
                 reconciling: HashMap::new(),
+                pushes_in_flight: HashMap::new(),
                 last_seen_ms: now_ms,
                 closed: false,
             },
@@ -587,6 +595,19 @@ impl Hub {
                 ErrorCode::NotSubscribed,
                 "subscribe to the document before pushing to it",
             ))
+        } else if self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.pushes_in_flight.get(&doc))
+            .is_some_and(|n| *n >= self.config.max_pushes_in_flight)
+        {
+            Some(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} pushes to this document are already waiting for the log; wait for their Acks",
+                    self.config.max_pushes_in_flight
+                ),
+            ))
         } else if changes.is_empty() || changes.len() > limits.max_push_changes as usize {
             Some(Refusal::new(
                 ErrorCode::TooManyChanges,
@@ -626,6 +647,9 @@ impl Hub {
             user: identity.user.clone(),
             session,
         };
+        if let Some(s) = self.sessions.get_mut(&session) {
+            *s.pushes_in_flight.entry(doc).or_default() += 1;
+        }
         let ticket = self.ticket();
         self.pending.insert(ticket, Pending::Push { doc, session });
         self.out.push_back(Output::Append {
@@ -774,7 +798,17 @@ impl Hub {
 
     fn appended(&mut self, ticket: Ticket, changes: &[Blob], result: Result<Appended, Refusal>) {
         let (doc, session) = match self.pending.remove(&ticket) {
-            Some(Pending::Push { doc, session }) => (doc, session),
+            Some(Pending::Push { doc, session }) => {
+                if let Some(s) = self.sessions.get_mut(&session)
+                    && let Some(n) = s.pushes_in_flight.get_mut(&doc)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        s.pushes_in_flight.remove(&doc);
+                    }
+                }
+                (doc, session)
+            }
             Some(Pending::Relay { doc, session, then }) => {
                 self.relayed(doc, session, changes, result, then);
                 return;

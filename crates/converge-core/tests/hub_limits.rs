@@ -1,0 +1,127 @@
+//! The hub's bounds on what one session may queue, driven through the public sans-io API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT};
+use converge_core::{
+    Appended, Catchup, DevAuthenticator, Hub, HubConfig, Output, PushedChange, Ticket,
+};
+use converge_proto::{
+    Blob, ChangeHash, ClientId, ClientMsg, DocId, Epoch, ErrorCode, MAX_FRAME_CEILING,
+    PROTOCOL_VERSION, Seq, ServerMsg, SessionId, decode_server, encode_client,
+};
+
+const DOC: DocId = DocId::from_bytes([3; 16]);
+
+fn send(hub: &mut Hub, s: SessionId, msg: &ClientMsg) {
+    hub.handle_frame(s, &encode_client(msg).unwrap(), 0);
+}
+
+/// Drains the hub: frames for the session, append tickets, catch-up tickets.
+fn drain(hub: &mut Hub) -> (Vec<ServerMsg>, Vec<Ticket>, Vec<Ticket>) {
+    let (mut msgs, mut appends, mut catchups) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(out) = hub.poll_output() {
+        match out {
+            Output::Send { frame, .. } => {
+                msgs.push(decode_server(&frame, MAX_FRAME_CEILING).unwrap())
+            }
+            Output::Append { ticket, .. } => appends.push(ticket),
+            Output::Catchup { ticket, .. } => catchups.push(ticket),
+            _ => {}
+        }
+    }
+    (msgs, appends, catchups)
+}
+
+#[test]
+fn pushes_in_flight_per_document_are_bounded_and_freed_by_acks() {
+    let config = HubConfig::default();
+    let limit = config.max_pushes_in_flight as usize;
+    let mut hub = Hub::new(config, Box::new(DevAuthenticator));
+    let s = hub.connect(0);
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some("alice".into()),
+        },
+    );
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Subscribe {
+            doc: DOC,
+            after: None,
+        },
+    );
+    let (_, _, catchups) = drain(&mut hub);
+    hub.handle_catchup(
+        catchups[0],
+        Ok(Catchup::Replay {
+            epoch: Epoch(1),
+            from_seq: Seq(1),
+            entries: Vec::new(),
+        }),
+    );
+    drain(&mut hub);
+
+    let mut doc = AutoCommit::new();
+    let mut change = |i: i64| {
+        doc.put(ROOT, "k", i).unwrap();
+        doc.commit();
+        let c = doc.get_last_local_change().unwrap();
+        (Blob(c.raw_bytes().to_vec()), ChangeHash(c.hash().0))
+    };
+    let pushes: Vec<(Blob, ChangeHash)> = (0..=limit as i64).map(&mut change).collect();
+    for (blob, _) in &pushes {
+        send(
+            &mut hub,
+            s,
+            &ClientMsg::Push {
+                doc: DOC,
+                changes: vec![blob.clone()],
+            },
+        );
+    }
+    let (msgs, appends, _) = drain(&mut hub);
+    // The first `limit` go to the log; the one after is refused and nothing of it is queued.
+    assert_eq!(appends.len(), limit);
+    assert!(
+        matches!(
+            &msgs[..],
+            [ServerMsg::Error {
+                code: ErrorCode::RateLimited,
+                doc: Some(DOC),
+                ..
+            }]
+        ),
+        "{msgs:?}"
+    );
+
+    // One Ack frees one slot.
+    hub.handle_appended(
+        appends[0],
+        std::slice::from_ref(&pushes[0].0),
+        Ok(Appended {
+            epoch: Epoch(1),
+            changes: vec![PushedChange {
+                hash: pushes[0].1,
+                seq: Seq(1),
+                new: true,
+            }],
+        }),
+    );
+    drain(&mut hub);
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Push {
+            doc: DOC,
+            changes: vec![pushes[limit].0.clone()],
+        },
+    );
+    let (msgs, appends, _) = drain(&mut hub);
+    assert_eq!(appends.len(), 1, "{msgs:?}");
+}
