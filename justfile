@@ -15,13 +15,19 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Run the server (after the sync issue lands; today: the CLI's help).
+# Run the converge binary: `just run serve`, `just run demo`.
 run *ARGS:
     cargo run --release -- {{ARGS}}
 
 # Criterion benchmarks (figures go to docs/benchmarks.md).
 bench *ARGS:
     cargo bench -p converge-benches {{ARGS}}
+
+# End-to-end load against a server process (pinned to CPU 0; this runs on CPU 1):
+# `just load fanout --readers 100`, `just load trace`, `just load all`.
+load *ARGS:
+    cargo build --release -p converge-cli
+    taskset -c 1 target/release/converge bench {{ARGS}}
 
 # Fuzz one target for a minute: `just fuzz entry_decode`.
 fuzz TARGET SECONDS="60":

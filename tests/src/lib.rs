@@ -43,3 +43,19 @@ impl Writer {
             .to_vec()
     }
 }
+
+/// Opens the sled database under a log, below the log API (tests that corrupt records), waiting
+/// a bounded while for the lock a just-closed log's background threads may still hold: sled
+/// releases it only when its last handle drops.
+pub fn open_raw_sled(dir: impl AsRef<std::path::Path>) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(dir.as_ref()) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("opening {}: {e}", dir.as_ref().display()),
+        }
+    }
+}

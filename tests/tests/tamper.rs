@@ -38,7 +38,7 @@ fn entry_key(doc: &DocId, seq: u64) -> Vec<u8> {
 }
 
 fn overwrite(dir: &Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir).unwrap();
+    let db = converge_tests::open_raw_sled(dir);
     let mut value = db.get(key).unwrap().unwrap().to_vec();
     f(&mut value);
     db.insert(key, value).unwrap();
@@ -88,7 +88,7 @@ fn a_rehashed_forgery_breaks_the_link_to_the_next_entry() {
     // also rewrote 5, and so on to the head, whose hash the log checks on open.
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
-    let db = sled::open(dir.path()).unwrap();
+    let db = converge_tests::open_raw_sled(dir.path());
     let e3 = db.get(entry_key(&DOC, 3)).unwrap().unwrap().to_vec();
     // Entry 3's bytes under key 4: decodes fine but says seq 3.
     db.insert(entry_key(&DOC, 4), e3).unwrap();
@@ -120,7 +120,7 @@ fn a_damaged_tail_marks_the_document_broken_but_the_log_opens() {
 fn an_unknown_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
-    let db = sled::open(dir.path()).unwrap();
+    let db = converge_tests::open_raw_sled(dir.path());
     let newer = converge_log::FORMAT_VERSION + 1;
     db.insert(b"Fformat", &newer.to_be_bytes()).unwrap();
     db.flush().unwrap();
@@ -138,7 +138,7 @@ fn an_unknown_format_version_is_refused() {
 #[test]
 fn a_sled_database_that_is_not_a_log_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
+    let db = converge_tests::open_raw_sled(dir.path());
     db.insert(b"hello", b"world").unwrap();
     db.flush().unwrap();
     drop(db);
@@ -157,7 +157,7 @@ fn a_page_with_an_empty_entry_then_a_cut_length_names_the_first_seq() {
         let log = SledLog::open(dir.path(), LogConfig::default()).unwrap();
         log.create(DOC, Epoch(1)).unwrap().wait().unwrap();
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = converge_tests::open_raw_sled(dir.path());
     db.insert(entry_key(&DOC, 1), &[0u8, 0, 0, 0, 0x81][..])
         .unwrap();
     db.flush().unwrap();

@@ -112,7 +112,7 @@ fn verify_names_a_tampered_entry_and_exits_1() {
     key.extend_from_slice(doc.as_bytes());
     key.extend_from_slice(&1u64.to_be_bytes());
     {
-        let db = sled::open(&data).unwrap();
+        let db = converge_tests::open_raw_sled(&data);
         let mut v = db.get(&key).unwrap().unwrap().to_vec();
         v[10] ^= 1;
         db.insert(&key, v).unwrap();
