@@ -636,16 +636,8 @@ impl Hub {
             self.error(session, r.code, &r.message, Some(doc));
             return;
         }
-        let Some(Session {
-            handshake: Handshake::Ready { identity },
-            ..
-        }) = self.sessions.get(&session)
-        else {
+        let Some(author) = self.author(session) else {
             return;
-        };
-        let author = PushAuthor {
-            user: identity.user.clone(),
-            session,
         };
         if let Some(s) = self.sessions.get_mut(&session) {
             *s.pushes_in_flight.entry(doc).or_default() += 1;
@@ -659,6 +651,20 @@ impl Hub {
             changes,
             relayed: false,
         });
+    }
+
+    /// Who a ready session writes as.
+    fn author(&self, session: SessionId) -> Option<PushAuthor> {
+        match self.sessions.get(&session) {
+            Some(Session {
+                handshake: Handshake::Ready { identity },
+                ..
+            }) => Some(PushAuthor {
+                user: identity.user.clone(),
+                session,
+            }),
+            _ => None,
+        }
     }
 
     /// A reconciliation's sync message from the client: only after a reconciling snapshot,
@@ -727,16 +733,8 @@ impl Hub {
             self.reconcile_reply(session, doc, step.reply);
             return;
         }
-        let Some(Session {
-            handshake: Handshake::Ready { identity },
-            ..
-        }) = self.sessions.get(&session)
-        else {
+        let Some(author) = self.author(session) else {
             return;
-        };
-        let author = PushAuthor {
-            user: identity.user.clone(),
-            session,
         };
         let group = (self.config.limits.max_push_changes as usize).max(1);
         let groups: Vec<Vec<Blob>> = step.missing.chunks(group).map(<[Blob]>::to_vec).collect();

@@ -240,8 +240,8 @@ impl Sim {
         Ok(())
     }
 
-    /// Kills the server: appends not yet flushed are lost, every connection drops.
-    pub fn crash_server(&mut self) -> Result<(), SimError> {
+    /// Every connection drops at once (the server went away); the hub is not told.
+    fn drop_all_links(&mut self) {
         for l in 0..self.links.len() {
             if self.links[l].open {
                 let client = self.links[l].client;
@@ -250,6 +250,11 @@ impl Sim {
                 self.clients[client].session.disconnected();
             }
         }
+    }
+
+    /// Kills the server: appends not yet flushed are lost, every connection drops.
+    pub fn crash_server(&mut self) -> Result<(), SimError> {
+        self.drop_all_links();
         let storage = self.server.storage.clone();
         // Drop the old log before the crash so its flusher does not write afterwards.
         self.server.unflushed.clear();
@@ -270,14 +275,7 @@ impl Sim {
     /// document's stream moves to a new epoch, so clients holding changes the backup lacks
     /// reconcile when they come back.
     pub fn restore_server(&mut self, backup: &MemStorage) -> Result<(), SimError> {
-        for l in 0..self.links.len() {
-            if self.links[l].open {
-                let client = self.links[l].client;
-                self.links[l].open = false;
-                self.clients[client].link = None;
-                self.clients[client].session.disconnected();
-            }
-        }
+        self.drop_all_links();
         self.server = Server::open(backup.backup())?;
         match self.server.log.bump_epoch(&DOC) {
             Ok((_, durable)) => durable.wait()?,
