@@ -111,22 +111,30 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Starts the hub task, the writer thread and the durability waiter. Returns the hub's inbox
 /// and a flag that turns false once shutdown began (for /readyz).
+/// The hub task and the writer thread, to wait for once the server shuts down: when both have
+/// ended, nothing of the server holds the log any more.
+#[derive(Debug)]
+pub(crate) struct Tasks {
+    pub(crate) hub: tokio::task::JoinHandle<()>,
+    pub(crate) writer: std::thread::JoinHandle<()>,
+}
+
 pub(crate) fn spawn(
     hub: Hub,
     exec: LogExecutor,
-) -> std::io::Result<(mpsc::Sender<HubEvent>, watch::Receiver<bool>)> {
+) -> std::io::Result<(mpsc::Sender<HubEvent>, watch::Receiver<bool>, Tasks)> {
     let (tx, rx) = mpsc::channel::<HubEvent>(4096);
     let (ready_tx, ready_rx) = watch::channel(true);
     let (job_tx, job_rx) = std::sync::mpsc::channel::<AppendJob>();
     let (wait_tx, wait_rx) = mpsc::unbounded_channel::<Written>();
 
     let writer_exec = exec.clone();
-    std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name("converge-writer".into())
         .spawn(move || writer(writer_exec, job_rx, wait_tx))?;
     tokio::spawn(waiter(wait_rx, tx.clone()));
-    tokio::spawn(run(hub, exec, rx, tx.clone(), job_tx, ready_tx));
-    Ok((tx, ready_rx))
+    let hub = tokio::spawn(run(hub, exec, rx, tx.clone(), job_tx, ready_tx));
+    Ok((tx, ready_rx, Tasks { hub, writer }))
 }
 
 enum WaitFor {
@@ -204,6 +212,9 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    // Set once shutdown flushed the log: the task ends when the last connection is gone,
+    // dropping the writer's queue (so the writer thread ends) and with it the log.
+    let mut stopped = false;
     // Documents with a snapshot check running in the background (one at a time per doc).
     let mut snapshotting: HashSet<DocId> = HashSet::new();
     // New entries per document since its last snapshot check.
@@ -321,7 +332,11 @@ async fn run(
             if let Some(done) = shutdown.take() {
                 let _ = done.send(());
             }
+            stopped = true;
             // Keep serving stats and closes for connections still draining.
+        }
+        if stopped && conns.is_empty() {
+            break;
         }
     }
 }

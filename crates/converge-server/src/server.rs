@@ -50,8 +50,12 @@ pub struct ServerHandle {
     hub: mpsc::Sender<HubEvent>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    tasks: Option<hub_task::Tasks>,
     log: Arc<dyn EventLog>,
 }
+
+/// How long shutdown waits for connections to take their close frame before it stops waiting.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ServerHandle {
     /// The address it listens on (useful with port 0).
@@ -80,10 +84,23 @@ impl ServerHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match (&mut self.task).await {
+        let served = match (&mut self.task).await {
             Ok(r) => r,
             Err(e) => Err(ServerError::Task(e.to_string())),
+        };
+        // Wait for the hub task and the writer thread to end, so the log is closed (and its
+        // directory free to open again) when this returns.
+        if let Some(tasks) = self.tasks.take() {
+            let mut hub = tasks.hub;
+            if tokio::time::timeout(DRAIN_WAIT, &mut hub).await.is_err() {
+                tracing::warn!("connections still open after shutdown; stopping the hub anyway");
+                hub.abort();
+                let _ = hub.await;
+            }
+            let writer = tasks.writer;
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
+        served
     }
 
     /// Resolves when the server stops on its own (it does not, unless it fails).
@@ -129,7 +146,7 @@ pub async fn start_with_log(
         })?;
     let addr = listener.local_addr().map_err(ServerError::Start)?;
     let hub = Hub::new(config.hub.clone(), Box::new(DevAuthenticator));
-    let (hub_tx, ready) =
+    let (hub_tx, ready, tasks) =
         hub_task::spawn(hub, LogExecutor::new(log.clone())).map_err(ServerError::Start)?;
     let state = AppState {
         hub: hub_tx.clone(),
@@ -152,6 +169,7 @@ pub async fn start_with_log(
         hub: hub_tx,
         stop: Some(stop_tx),
         task,
+        tasks: Some(tasks),
         log,
     })
 }
