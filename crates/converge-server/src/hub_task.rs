@@ -251,6 +251,15 @@ async fn run(
                     HubEvent::Reconciled { ticket, result } => hub.handle_reconcile(ticket, result),
                     HubEvent::Snapshotted { doc } => {
                         snapshotting.remove(&doc);
+                        // Entries appended while it ran may already make the next one due
+                        // (a burst of pushes ends with no append left to trigger a check).
+                        if let Some(n) = since_check.get_mut(&doc)
+                            && *n >= SNAPSHOT_CHECK_EVERY
+                        {
+                            *n = 0;
+                            snapshotting.insert(doc);
+                            snapshot_if_due(&exec, &tx, doc);
+                        }
                     }
                     HubEvent::Catchup { ticket, result } => hub.handle_catchup(ticket, result),
                     HubEvent::Stats { reply } => {

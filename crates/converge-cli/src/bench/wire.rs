@@ -155,7 +155,10 @@ impl ServerProc {
         };
         let mut child = cmd
             .args(&args)
-            .env("CONVERGE_LOG", "warn")
+            .env(
+                "CONVERGE_LOG",
+                std::env::var("CONVERGE_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
