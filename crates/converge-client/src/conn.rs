@@ -496,12 +496,15 @@ fn closed(frame: Option<CloseFrame>, online: bool) -> Ended {
     let reason = frame.reason.as_str();
     match CloseCode::try_from(raw) {
         Ok(code) if is_auth_close(code) => Ended::AuthFailed(format!("{code}: {reason}")),
-        Ok(code) => {
-            if !code.retryable() {
-                tracing::warn!(%code, %reason, "the server closed with a code that says retrying will not help; retrying with backoff anyway");
-            }
-            lost(online, format!("closed with {code}: {reason}"))
+        Ok(code) if !code.retryable() => {
+            // Retrying will not help (protocol version, a frame the server will refuse
+            // again...): it still retries with backoff, but the attempt counts as a failure
+            // for the circuit breaker even after having been online, so a client that keeps
+            // hitting it stops hammering the server.
+            tracing::warn!(%code, %reason, "the server closed with a code that says retrying will not help");
+            lost(false, format!("closed with {code}: {reason}"))
         }
+        Ok(code) => lost(online, format!("closed with {code}: {reason}")),
         Err(_) => lost(online, format!("closed with {raw}: {reason}")),
     }
 }
