@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use automerge::{ROOT, ReadDoc, transaction::Transactable};
 use converge_client::{Client, DocHandle};
-use converge_log::{EventLog, Log, LogConfig};
+use converge_log::{Log, LogConfig};
 use converge_proto::DocId;
 use converge_server::{ServerConfig, ServerHandle};
 
@@ -108,13 +108,7 @@ async fn a_restored_server_gets_back_what_a_client_holds() -> anyhow::Result<()>
 
     // 3. The disk is lost; the backup is restored (what `converge restore` does): a copy,
     //    every document moved to a new epoch.
-    copy_dir(&backup, &restored)?;
-    {
-        let log = Log::open(&restored, LogConfig::default())?;
-        for d in log.docs()? {
-            log.bump_epoch(&d)?.1.wait()?;
-        }
-    }
+    drop(Log::restore(&backup, &restored, LogConfig::default())?);
     let server = serve(&restored).await?;
     let url = server.ws_url();
 

@@ -288,45 +288,15 @@ fn inspect(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn restore(from: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
-    // Check the backup is a log this build reads before copying anything.
-    drop(open_existing(from)?);
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        bail!(
-            "{} is not empty; restore into a new directory (nothing was changed)",
-            dir.display()
-        );
-    }
-    copy_dir(from, dir)
-        .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
-    let log = open_existing(dir)?;
-    let docs = log.docs()?;
-    for doc in &docs {
-        let (epoch, durable) = log.bump_epoch(doc)?;
-        durable.wait()?;
-        tracing::debug!(%doc, epoch = epoch.get(), "new epoch");
-    }
+    let log = Log::restore(from, dir, LogConfig::default())?;
+    let docs = log.docs()?.len();
     log.flush()?;
     println!(
-        "restored {} documents from {} into {}; each moved to a new epoch",
-        docs.len(),
+        "restored {docs} documents from {} into {}; each moved to a new epoch",
         from.display(),
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }
 
 fn compact(dir: &Path) -> anyhow::Result<ExitCode> {

@@ -824,17 +824,8 @@ impl Hub {
                 return;
             }
         };
-        if let Some(d) = self.docs.get_mut(&doc) {
-            d.epoch = Some(appended.epoch);
-        }
+        let new = self.logged(doc, &appended, changes);
         let heads: Vec<ChangeHash> = appended.changes.iter().map(|c| c.hash).collect();
-        let new: Vec<(Seq, &Blob)> = appended
-            .changes
-            .iter()
-            .zip(changes)
-            .filter(|(c, _)| c.new)
-            .map(|(c, b)| (c.seq, b))
-            .collect();
         let range = new.first().zip(new.last()).map(|(a, b)| (a.0, b.0));
         let upto = appended
             .changes
@@ -849,6 +840,26 @@ impl Hub {
         };
         self.deliver(doc, session, ack);
         self.fan_out(doc, appended.epoch, new, Some(session));
+    }
+
+    /// Records the stream's epoch from a durable append and returns the entries it wrote
+    /// (seq and bytes, in order; duplicates left out).
+    fn logged<'a>(
+        &mut self,
+        doc: DocId,
+        appended: &Appended,
+        changes: &'a [Blob],
+    ) -> Vec<(Seq, &'a Blob)> {
+        if let Some(d) = self.docs.get_mut(&doc) {
+            d.epoch = Some(appended.epoch);
+        }
+        appended
+            .changes
+            .iter()
+            .zip(changes)
+            .filter(|(c, _)| c.new)
+            .map(|(c, b)| (c.seq, b))
+            .collect()
     }
 
     /// Relayed changes are durable: everyone, the relayer too, hears them as `Changes` (the
@@ -868,16 +879,7 @@ impl Hub {
                 return;
             }
         };
-        if let Some(d) = self.docs.get_mut(&doc) {
-            d.epoch = Some(appended.epoch);
-        }
-        let new: Vec<(Seq, &Blob)> = appended
-            .changes
-            .iter()
-            .zip(changes)
-            .filter(|(c, _)| c.new)
-            .map(|(c, b)| (c.seq, b))
-            .collect();
+        let new = self.logged(doc, &appended, changes);
         self.fan_out(doc, appended.epoch, new, None);
         let open = self
             .sessions

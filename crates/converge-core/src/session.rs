@@ -137,6 +137,25 @@ struct DocState {
     reconcile: Option<Box<Reconcile>>,
 }
 
+impl DocState {
+    /// The batch waiting for the shell (a new, empty one if none waits), now bringing the
+    /// document to `position`; persisted unless a reconciliation holds positions back.
+    fn incoming_at(&mut self, doc: DocId, position: Position) -> &mut IncomingBatch {
+        let persist_position = !self.hold_position;
+        let batch = self.incoming.get_or_insert_with(|| IncomingBatch {
+            doc,
+            snapshot: None,
+            reconcile: false,
+            changes: Vec::new(),
+            position,
+            persist_position,
+        });
+        batch.position = position;
+        batch.persist_position = persist_position;
+        batch
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Conn {
     Offline,
@@ -450,23 +469,13 @@ impl ClientSession {
                 d.position = Some(position);
                 d.hold_position |= reconcile;
                 d.offered |= reconcile;
-                let persist_position = !d.hold_position;
                 // Changes still waiting are kept: applying them after the snapshot and the
                 // merge is harmless (automerge skips what it has) and keeps anything of the
                 // old stream the snapshot lacks.
                 let was_empty = d.incoming.is_none();
-                let batch = d.incoming.get_or_insert_with(|| IncomingBatch {
-                    doc,
-                    snapshot: None,
-                    reconcile: false,
-                    changes: Vec::new(),
-                    position,
-                    persist_position,
-                });
+                let batch = d.incoming_at(doc, position);
                 batch.snapshot = Some(bytes);
                 batch.reconcile |= reconcile;
-                batch.position = position;
-                batch.persist_position = persist_position;
                 if was_empty {
                     self.events.push_back(SessionEvent::Incoming { doc });
                 }
@@ -558,21 +567,11 @@ impl ClientSession {
             seq: Seq((from_seq.get() + changes.len() as u64).saturating_sub(1)),
         };
         d.position = Some(position);
-        let persist_position = !d.hold_position;
-        let batch = d.incoming.get_or_insert_with(|| IncomingBatch {
-            doc,
-            snapshot: None,
-            reconcile: false,
-            changes: Vec::new(),
-            position,
-            persist_position,
-        });
-        batch.persist_position = persist_position;
+        let batch = d.incoming_at(doc, position);
         let was_empty = batch.snapshot.is_none() && batch.changes.is_empty();
         batch
             .changes
             .extend(changes.into_iter().map(Blob::into_vec));
-        batch.position = position;
         if was_empty {
             self.events.push_back(SessionEvent::Incoming { doc });
         }

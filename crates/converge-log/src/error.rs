@@ -15,6 +15,9 @@ pub enum LogError {
     /// Another open log (this process or another) holds the directory's lock.
     #[error("the log directory {path} is in use by another open log")]
     Locked { path: String },
+    /// A restore's target directory already holds something.
+    #[error("{0} is not empty; restore into a new directory")]
+    NotEmpty(String),
     /// The directory holds a sled database that is not a converge log.
     #[error("not a converge log: {0}")]
     NotALog(String),

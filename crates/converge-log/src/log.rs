@@ -158,6 +158,35 @@ impl Log {
         Ok((before, after))
     }
 
+    /// Restores a backup (the directory of a closed log) into `into`, which must be missing or
+    /// empty: the records are copied as `vacuum` copies them, then every document moves to a
+    /// new epoch ([`EventLog::bump_epoch`]), so clients holding positions from after the backup
+    /// reconcile instead of trusting them. Returns the restored log, open.
+    pub fn restore(
+        backup: impl AsRef<Path>,
+        into: impl AsRef<Path>,
+        config: LogConfig,
+    ) -> Result<Self, LogError> {
+        let (backup, into) = (backup.as_ref(), into.as_ref());
+        if !backup.is_dir() {
+            return Err(LogError::NotALog(format!("no log at {}", backup.display())));
+        }
+        let io = |e: std::io::Error| LogError::Storage(format!("restore: {e}"));
+        if into.exists() && std::fs::read_dir(into).map_err(io)?.next().is_some() {
+            return Err(LogError::NotEmpty(into.display().to_string()));
+        }
+        {
+            let old = SledKv::open(backup)?;
+            check_format(&old)?;
+            old.copy_into(&SledKv::open(into)?)?;
+        }
+        let log = Self::open(into, config)?;
+        for doc in log.docs()? {
+            log.bump_epoch(&doc)?.1.wait()?;
+        }
+        Ok(log)
+    }
+
     /// Opens a log on memory. Opening again on the same storage is a reboot.
     pub fn open_in_memory(storage: &MemStorage, config: LogConfig) -> Result<Self, LogError> {
         // Staged like sled, with a small table so drains also happen between flushes: the
