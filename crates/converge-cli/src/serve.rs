@@ -30,6 +30,8 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<ExitCode> {
         },
         ..ServerConfig::default()
     };
+    // The mutators of converge-schema: what the bundled document types are edited with.
+    converge_schema::register_all(&mut config.mutators);
     config.hub.limits.max_frame_bytes =
         opts.max_frame_bytes
             .clamp(4096, converge_proto::MAX_FRAME_CEILING) as u32;

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use automerge::AutoCommit;
-use converge_core::{ClientSession, SessionConfig};
-use converge_proto::{ClientId, DEFAULT_MAX_SERVER_FRAME_BYTES, DocId};
+use converge_core::{ClientSession, Mutators, SessionConfig};
+use converge_proto::{ClientId, DEFAULT_MAX_SERVER_FRAME_BYTES, DocId, UserId};
 use futures_util::Stream;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -46,6 +46,9 @@ pub struct ClientConfig {
     pub store_lock_wait: Duration,
     /// Push sizes (lowered to the server's limits after Welcome).
     pub session: SessionConfig,
+    /// The mutators [`crate::DocHandle::mutate`] runs optimistically (the server must
+    /// register the same ones under the same names).
+    pub mutators: Mutators,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +64,7 @@ impl Default for ClientConfig {
             max_server_frame_bytes: DEFAULT_MAX_SERVER_FRAME_BYTES,
             store_lock_wait: Duration::from_secs(5),
             session: SessionConfig::default(),
+            mutators: Mutators::new(),
         }
     }
 }
@@ -91,6 +95,11 @@ impl ClientConfig {
 
     pub fn with_max_server_frame_bytes(mut self, bytes: usize) -> Self {
         self.max_server_frame_bytes = bytes;
+        self
+    }
+
+    pub fn with_mutators(mut self, mutators: Mutators) -> Self {
+        self.mutators = mutators;
         self
     }
 }
@@ -129,6 +138,8 @@ pub(crate) struct Shared {
     /// `set_token` was called: an auth failure may be retried.
     pub(crate) token_changed: Notify,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Who the server last said this client is (for the optimistic runs' `Ctx`).
+    pub(crate) user: Mutex<Option<UserId>>,
 }
 
 impl Shared {
@@ -190,6 +201,7 @@ impl Client {
             wake: Notify::new(),
             token_changed: Notify::new(),
             shutdown: watch::Sender::new(false),
+            user: Mutex::new(None),
         });
         let task = tokio::spawn(conn::run(shared.clone()));
         Ok(Client {
@@ -215,13 +227,28 @@ impl Client {
         }
         let store = self.shared.store.clone();
         let (stored, loaded) = tokio::task::spawn_blocking(move || store.open_doc(id)).await??;
-        let doc = Arc::new(DocShared::new(id, loaded.doc, stored));
+        let doc = Arc::new(DocShared::new(
+            id,
+            loaded.doc,
+            stored,
+            loaded.mutations.clone(),
+        ));
         // In the map before the session knows it, so everything the session reports about
         // the document finds it.
         lock(&self.shared.docs).insert(id, doc.clone());
-        lock(&self.shared.session)
-            .session
-            .open(id, loaded.position, loaded.pending);
+        {
+            let mut state = lock(&self.shared.session);
+            state.session.open(id, loaded.position, loaded.pending);
+            state
+                .session
+                .restore_mutations(id, loaded.last_mutation, loaded.mutations);
+        }
+        // Stored mutations show in the view at once.
+        {
+            let mut am = lock(&doc.am);
+            let mut spec = lock(&doc.ops.spec);
+            crate::ops::rebuild(&self.shared, &doc, &mut am, &mut spec);
+        }
         self.shared.wake.notify_one();
         Ok(DocHandle::new(self.shared.clone(), doc))
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use converge_core::{Backoff, CircuitBreaker, SessionEvent};
 use converge_proto::{
-    ChangeHash, CloseCode, DocId, ErrorCode, MAX_FRAME_CEILING, Position, ServerMsg, decode_server,
-    encode_client,
+    ChangeHash, CloseCode, DocId, ErrorCode, MAX_FRAME_CEILING, MutationId, MutationOutcome,
+    Position, ServerMsg, decode_server, encode_client,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -33,7 +33,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::client::Shared;
 use crate::metrics::Metrics;
 use crate::status::Status;
-use crate::{doc, lock};
+use crate::{doc, lock, ops};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -133,6 +133,10 @@ impl Driver {
             self.set_status(Status::Connecting);
             let ended = self.connection().await;
             lock(&self.shared.session).session.disconnected();
+            let docs: Vec<_> = lock(&self.shared.docs).values().cloned().collect();
+            for d in docs {
+                ops::offline(&d);
+            }
             self.reap();
             match ended {
                 Ended::Shutdown => break,
@@ -324,6 +328,7 @@ impl Driver {
                 match event {
                     SessionEvent::Welcome { session, user } => {
                         tracing::info!(session = session.get(), %user, "online");
+                        *lock(&self.shared.user) = Some(user);
                         conn.online = true;
                         self.breaker.success();
                         self.backoff.reset();
@@ -346,6 +351,38 @@ impl Driver {
                     }
                     SessionEvent::Live { doc, position } => {
                         tracing::debug!(%doc, epoch = position.epoch.get(), seq = position.seq.get(), "live");
+                        if let Some(d) = self.shared.doc(&doc) {
+                            ops::live(&self.shared, &d);
+                        }
+                    }
+                    SessionEvent::MutationResult { doc, id, outcome } => {
+                        self.mutation_decided(doc, id, outcome).await;
+                    }
+                    SessionEvent::MutationsSent { doc, ids } => {
+                        if let Some(d) = self.shared.doc(&doc) {
+                            ops::sent(&d, &ids);
+                        }
+                    }
+                    SessionEvent::LockResult { doc, key, outcome } => {
+                        if let Some(d) = self.shared.doc(&doc) {
+                            ops::lock_answered(&d, &key, outcome);
+                        }
+                    }
+                    SessionEvent::LockState {
+                        doc,
+                        key,
+                        holder,
+                        token,
+                        expires_at_ms,
+                    } => {
+                        if let Some(d) = self.shared.doc(&doc) {
+                            ops::lock_state(&d, key, holder, token, expires_at_ms);
+                        }
+                    }
+                    SessionEvent::Presence { doc, peer, state } => {
+                        if let Some(d) = self.shared.doc(&doc) {
+                            ops::presence_changed(&d, peer, state.map(|b| b.into_vec()));
+                        }
                     }
                     SessionEvent::Error { code, message, .. } if is_auth_error(code) => {
                         ended = Some(Ended::AuthFailed(format!("{code}: {message}")));
@@ -413,6 +450,25 @@ impl Driver {
         .await;
         if let Err(e) = done {
             tracing::error!(doc = %id, error = %e, "settling acknowledged changes failed");
+        }
+    }
+
+    /// The server decided a mutation: off the stored queue (an fsync, on a blocking thread,
+    /// awaited so results are handled in order), then out of the view or awaiting its change.
+    async fn mutation_decided(&self, id: DocId, mid: MutationId, outcome: MutationOutcome) {
+        let Some(doc) = self.shared.doc(&id) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if let Err(e) = doc.disk().stored.settle_mutation(mid) {
+                tracing::error!(doc = %doc.id, error = %e, "could not take an answered mutation off the stored queue; it is sent again after a restart and answered with its recorded outcome");
+            }
+            ops::decided(&shared, &doc, mid, outcome);
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(doc = %id, error = %e, "handling a mutation result failed");
         }
     }
 

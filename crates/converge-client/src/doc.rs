@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use crate::client::Shared;
 use crate::error::{ClientError, StoreError};
 use crate::lock;
+use crate::ops::{self, DocOps, LockInfo, PeerPresence};
 use crate::store::StoredDoc;
+use std::collections::BTreeMap;
 
 /// Events a document's subscribers hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub enum DocEvent {
         message: String,
         count: usize,
     },
+    /// A mutation was queued or decided (see [`DocHandle::operations`] for the details);
+    /// the view may have changed.
+    Mutation { id: converge_proto::MutationId },
     /// Received changes could not be applied: the document is unchanged and its stored
     /// position no longer advances in this process, so a restart asks for them again.
     ApplyFailed { message: String },
@@ -48,17 +53,23 @@ const EVENT_BUFFER: usize = 256;
 pub(crate) struct DocShared {
     pub(crate) id: DocId,
     /// The replica. Held while a closure runs or a batch applies; never across an await.
-    am: Mutex<AutoCommit>,
+    pub(crate) am: Mutex<AutoCommit>,
     /// The document's files and what the shell remembers about writing them.
     disk: Mutex<DocDisk>,
     events: broadcast::Sender<DocEvent>,
     /// Bumped after anything a waiter may be waiting for (heads, pending count).
     changed: watch::Sender<u64>,
+    /// Mutations, the speculative view, lock requests, this client's presence.
+    pub(crate) ops: DocOps,
+    /// The lock table as this client last heard it.
+    pub(crate) locks: watch::Sender<BTreeMap<String, LockInfo>>,
+    /// Everyone else's presence, by session.
+    pub(crate) presence: watch::Sender<BTreeMap<converge_proto::SessionId, PeerPresence>>,
 }
 
 #[derive(Debug)]
-struct DocDisk {
-    stored: StoredDoc,
+pub(crate) struct DocDisk {
+    pub(crate) stored: StoredDoc,
     /// Local changes made while the store failed: stored (then pushed) by the next change
     /// that succeeds, so nothing reaches the server that is not durable here first.
     unsaved: Vec<Vec<u8>>,
@@ -71,8 +82,16 @@ struct DocDisk {
 }
 
 impl DocShared {
-    pub(crate) fn new(id: DocId, doc: AutoCommit, stored: StoredDoc) -> Self {
+    pub(crate) fn new(
+        id: DocId,
+        doc: AutoCommit,
+        stored: StoredDoc,
+        queued: Vec<converge_core::QueuedMutation>,
+    ) -> Self {
         DocShared {
+            ops: DocOps::new(queued),
+            locks: watch::Sender::new(BTreeMap::new()),
+            presence: watch::Sender::new(BTreeMap::new()),
             id,
             am: Mutex::new(doc),
             disk: Mutex::new(DocDisk {
@@ -86,7 +105,12 @@ impl DocShared {
         }
     }
 
-    fn emit(&self, event: DocEvent) {
+    /// The document's files (lock order: after `am`, before the session).
+    pub(crate) fn disk(&self) -> std::sync::MutexGuard<'_, DocDisk> {
+        lock(&self.disk)
+    }
+
+    pub(crate) fn emit(&self, event: DocEvent) {
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events.send(event);
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
@@ -113,6 +137,7 @@ pub(crate) fn drain_incoming(shared: &Shared, doc: &DocShared) {
             continue;
         }
         let heads = am.get_heads();
+        ops::after_batch(shared, doc, &mut am, batch.position);
         if batch.reconcile {
             lock(&shared.session)
                 .session
@@ -251,8 +276,37 @@ impl DocHandle {
         self.doc.id
     }
 
-    /// Reads the document (use automerge's `ReadDoc`, or converge-schema's `read`).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub(crate) fn shared_doc(&self) -> &DocShared {
+        &self.doc
+    }
+
+    pub(crate) fn shared_doc_arc(&self) -> Arc<DocShared> {
+        self.doc.clone()
+    }
+
+    /// Reads the document as the app should show it (use automerge's `ReadDoc`, or
+    /// converge-schema's `read`): the replica plus every mutation the server has not decided
+    /// yet (the optimistic view; see [`DocHandle::mutate`]).
     pub fn read<R>(&self, f: impl FnOnce(&AutoCommit) -> R) -> R {
+        let am = lock(&self.doc.am);
+        let spec = lock(&self.doc.ops.spec);
+        match &spec.view {
+            Some(view) => f(view),
+            None => f(&am),
+        }
+    }
+
+    /// Reads the replica without the undecided mutations: what the server confirmed plus
+    /// this client's own CRDT edits.
+    pub fn read_confirmed<R>(&self, f: impl FnOnce(&AutoCommit) -> R) -> R {
         f(&lock(&self.doc.am))
     }
 
@@ -301,6 +355,7 @@ impl DocHandle {
         }
         drop(disk);
         let heads = am.get_heads();
+        ops::after_local_change(&self.shared, &self.doc, &mut am);
         drop(am);
         self.shared.wake.notify_one();
         self.doc.emit(DocEvent::Local { heads });

@@ -45,6 +45,22 @@ pub enum ClientError {
     /// The server URL is not a WebSocket URL.
     #[error("invalid server url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A mutation, lock key or presence state is not acceptable (too large, does not
+    /// encode); nothing was queued.
+    #[error("{0}")]
+    BadMutation(String),
+    /// The call needs a live connection (locks: offline clients cannot hold one).
+    #[error("not connected to the server")]
+    Offline,
+    /// The server refused a lock request.
+    #[error("lock refused: {code}: {message}")]
+    Lock {
+        code: converge_proto::ErrorCode,
+        message: String,
+    },
+    /// The client shut down before the answer came.
+    #[error("the client shut down before the server answered")]
+    Closed,
     /// A background task the call waited on panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

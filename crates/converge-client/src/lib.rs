@@ -40,6 +40,8 @@ mod conn;
 mod doc;
 mod error;
 mod metrics;
+mod ops;
+mod queue;
 mod record;
 mod status;
 pub mod store;
@@ -48,10 +50,17 @@ pub use client::{Client, ClientConfig};
 pub use doc::{DocEvent, DocHandle};
 pub use error::{ClientError, StoreError};
 pub use metrics::MetricsSnapshot;
+pub use ops::{
+    LockGuard, LockInfo, MAX_PRESENCE_BYTES, MutationHandle, OperationEvent, OperationState,
+    PeerPresence,
+};
 pub use status::Status;
 
 pub use automerge;
-pub use converge_proto::{DocId, ErrorCode, Position};
+pub use converge_core::{Ctx, Mutator, Mutators, Rejection};
+pub use converge_proto::{
+    DocId, ErrorCode, FencingToken, MutationId, MutationOutcome, Peer, Position, SessionId,
+};
 
 /// Locks a mutex, also after a panic elsewhere poisoned it: every critical section here leaves
 /// its data consistent at each step, so a poisoned lock still guards valid state.

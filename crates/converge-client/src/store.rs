@@ -10,6 +10,7 @@
 //!     changes             record file: changes the document holds beyond doc.am
 //!     pending             record file: local changes the server has not acknowledged, in order
 //!     position            epoch u64 LE | seq u64 LE | first 8 bytes of blake3 of both (atomic rewrite)
+//!     mutations           record file: queued mutations and answers (see `queue.rs`)
 //! ```
 //!
 //! A document is loaded as `doc.am`, then every change in `changes`, then every change in
@@ -32,9 +33,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use automerge::{AutoCommit, Change};
-use converge_proto::{ChangeHash, ClientId, DocId, Epoch, Position, Seq};
+use converge_core::QueuedMutation;
+use converge_proto::{ChangeHash, ClientId, DocId, Epoch, MutationId, Position, Seq};
 
 use crate::error::StoreError;
+use crate::queue::MutationQueue;
 use crate::record::{RecordLog, sync_parent, write_atomic};
 
 const DOCS_DIR: &str = "docs";
@@ -42,6 +45,7 @@ const DOC_FILE: &str = "doc.am";
 const CHANGES_FILE: &str = "changes";
 const PENDING_FILE: &str = "pending";
 const POSITION_FILE: &str = "position";
+const MUTATIONS_FILE: &str = "mutations";
 const CLIENT_ID_FILE: &str = "client_id";
 const LOCK_FILE: &str = "lock";
 
@@ -69,6 +73,10 @@ pub struct LoadedDoc {
     pub position: Option<Position>,
     /// Unacknowledged local changes, in the order they were made.
     pub pending: Vec<Vec<u8>>,
+    /// Mutations the server has not answered, in id order.
+    pub mutations: Vec<QueuedMutation>,
+    /// The last mutation id given out for this document.
+    pub last_mutation: MutationId,
 }
 
 /// One document's files, open for writing.
@@ -82,6 +90,7 @@ pub struct StoredDoc {
     position: Option<Position>,
     /// Size of `doc.am`, to decide when to compact.
     snapshot_bytes: u64,
+    mutations: MutationQueue,
 }
 
 impl Store {
@@ -172,6 +181,9 @@ impl Store {
         apply_stored(&mut doc, &held, &dir);
         apply_stored(&mut doc, &pending, &dir);
         let position = read_position(&dir.join(POSITION_FILE))?;
+        let mutations = MutationQueue::open(&dir.join(MUTATIONS_FILE))?;
+        let queued = mutations.queued().to_vec();
+        let last_mutation = mutations.last_id();
         let mut stored = StoredDoc {
             dir,
             changes,
@@ -179,6 +191,7 @@ impl Store {
             pending: pending.iter().map(|c| (hash_of(c), c.clone())).collect(),
             position,
             snapshot_bytes,
+            mutations,
         };
         if stored.wants_compaction() {
             stored.write_snapshot(&mut doc)?;
@@ -189,6 +202,8 @@ impl Store {
                 doc,
                 position,
                 pending,
+                mutations: queued,
+                last_mutation,
             },
         ))
     }
@@ -265,6 +280,21 @@ impl StoredDoc {
 
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Stores a new mutation durably (before it is sent).
+    pub fn queue_mutation(&mut self, m: &QueuedMutation) -> Result<(), StoreError> {
+        self.mutations.push(m)
+    }
+
+    /// Takes an answered mutation off the stored queue.
+    pub fn settle_mutation(&mut self, id: MutationId) -> Result<(), StoreError> {
+        self.mutations.settle(id)
+    }
+
+    /// Mutations the server has not answered.
+    pub fn queued_mutations(&self) -> usize {
+        self.mutations.queued().len()
     }
 }
 

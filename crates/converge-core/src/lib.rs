@@ -18,6 +18,9 @@ mod auth;
 mod backoff;
 mod catchup;
 mod hub;
+mod locks;
+mod mutation;
+mod presence;
 mod session;
 
 pub use apply::{ApplyError, apply_changes, apply_incoming, changes_since};
@@ -25,7 +28,15 @@ pub use auth::{AuthError, Authenticator, DevAuthenticator, Identity};
 pub use backoff::{Backoff, CircuitBreaker};
 pub use catchup::{CatchupPlan, HeadView, plan_catchup};
 pub use hub::{
-    Appended, Catchup, Hub, HubConfig, HubStats, MAX_RECONCILE_ROUNDS, Output, PushAuthor,
-    PushedChange, Refusal, SyncStep, Ticket,
+    Appended, Catchup, ExternalMutation, Hub, HubConfig, HubStats, LocksRecorded,
+    MAX_RECONCILE_ROUNDS, Mutated, MutationRequest, Output, PushAuthor, PushedChange, Refusal,
+    SyncStep, Ticket,
 };
-pub use session::{ClientSession, IncomingBatch, SessionConfig, SessionEvent};
+pub use locks::{
+    FenceCheck, LockChange, LockHolder, LockRefusal, LockTable, MAX_LOCK_TTL_MS, MIN_LOCK_TTL_MS,
+};
+pub use mutation::{Ctx, Mutator, Mutators, Rejection};
+pub use presence::{PRESENCE_INTERVAL_MS, PRESENCE_TTL_MS, PresenceOut, PresenceTable};
+pub use session::{
+    ClientSession, IncomingBatch, MUTATION_WINDOW, QueuedMutation, SessionConfig, SessionEvent,
+};

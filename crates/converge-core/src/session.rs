@@ -22,9 +22,24 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::sync::SyncDoc;
 
 use converge_proto::{
-    Blob, ChangeHash, ClientId, ClientMsg, DocId, Epoch, ErrorCode, Limits, PROTOCOL_VERSION,
-    Position, Seq, ServerMsg, SessionId, UserId,
+    Blob, ChangeHash, ClientId, ClientMsg, DocId, Epoch, ErrorCode, FencingToken, Limits,
+    LockOutcome, MutationId, MutationOutcome, PROTOCOL_VERSION, Peer, Position, Seq, ServerMsg,
+    SessionId, UserId,
 };
+
+/// Mutations one document keeps on the wire at once (below the server's limit, so a
+/// client that follows the protocol is never rate limited).
+pub const MUTATION_WINDOW: usize = 32;
+
+/// A mutation the client made and the server has not answered: kept durably by the shell
+/// and sent (again) until a result arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMutation {
+    pub id: MutationId,
+    pub name: String,
+    pub args: Vec<u8>,
+    pub fence: Option<FencingToken>,
+}
 
 /// Session settings.
 #[derive(Debug, Clone)]
@@ -92,6 +107,36 @@ pub enum SessionEvent {
     },
     /// A Pong: the round trip took `rtt_ms`.
     Pong { rtt_ms: u64 },
+    /// The server decided a mutation. It is off the queue: the shell drops it from its
+    /// store, and from the speculative view once the document holds the outcome's `seq`
+    /// (the result arrives before the entries it names).
+    MutationResult {
+        doc: DocId,
+        id: MutationId,
+        outcome: MutationOutcome,
+    },
+    /// These mutations went on the wire (again, after a reconnect or a transient error).
+    MutationsSent { doc: DocId, ids: Vec<MutationId> },
+    /// A lock request was answered.
+    LockResult {
+        doc: DocId,
+        key: String,
+        outcome: LockOutcome,
+    },
+    /// A lock changed hands (`holder: None`: free).
+    LockState {
+        doc: DocId,
+        key: String,
+        holder: Option<Peer>,
+        token: Option<FencingToken>,
+        expires_at_ms: Option<u64>,
+    },
+    /// A peer's presence (`state: None`: it left).
+    Presence {
+        doc: DocId,
+        peer: Peer,
+        state: Option<Blob>,
+    },
     /// A reconciliation ended (`ok`: the server has everything this client offered).
     /// `position`: persist it now (held back while the reconciliation was open).
     Reconciled {
@@ -135,6 +180,12 @@ struct DocState {
     /// This subscription's catch-up was a reconciling snapshot.
     offered: bool,
     reconcile: Option<Box<Reconcile>>,
+    /// The last mutation id given out for this document (ids are dense per client and
+    /// document, from 1).
+    last_mutation: u64,
+    /// Mutations not answered yet, in id order; the first `mutations_sent` are on the wire.
+    mutations: VecDeque<QueuedMutation>,
+    mutations_sent: usize,
 }
 
 impl DocState {
@@ -219,6 +270,135 @@ impl ClientSession {
         }
     }
 
+    /// Restores a document's mutation queue from the store: the last id given out and the
+    /// mutations not answered, in id order. Call it after [`Self::open`].
+    pub fn restore_mutations(
+        &mut self,
+        doc: DocId,
+        last_id: MutationId,
+        queued: Vec<QueuedMutation>,
+    ) {
+        let d = self.docs.entry(doc).or_default();
+        let highest = queued.last().map_or(0, |m| m.id.get());
+        d.last_mutation = last_id.get().max(highest);
+        d.mutations = queued.into();
+        d.mutations_sent = 0;
+        self.send_mutations(doc);
+    }
+
+    /// The id the next mutation of this document gets.
+    pub fn next_mutation_id(&self, doc: &DocId) -> MutationId {
+        MutationId(self.docs.get(doc).map_or(0, |d| d.last_mutation) + 1)
+    }
+
+    /// Queues a mutation the shell stored durably; its id must be
+    /// [`Self::next_mutation_id`] (otherwise it is ignored and false is returned).
+    pub fn add_mutation(&mut self, doc: DocId, m: QueuedMutation) -> bool {
+        let d = self.docs.entry(doc).or_default();
+        if m.id.get() != d.last_mutation + 1 {
+            return false;
+        }
+        d.last_mutation = m.id.get();
+        d.mutations.push_back(m);
+        self.send_mutations(doc);
+        true
+    }
+
+    /// Mutations of the document the server has not answered, in id order.
+    pub fn pending_mutations(&self, doc: &DocId) -> Vec<QueuedMutation> {
+        self.docs
+            .get(doc)
+            .map(|d| d.mutations.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Asks for a lease on `key` (answered by a `LockResult` event).
+    pub fn lock(&mut self, doc: DocId, key: String, ttl_ms: u64) {
+        if self.conn == Conn::Online {
+            self.out.push_back(ClientMsg::Lock { doc, key, ttl_ms });
+        }
+    }
+
+    /// Extends a lease.
+    pub fn renew_lock(&mut self, doc: DocId, key: String, token: FencingToken, ttl_ms: u64) {
+        if self.conn == Conn::Online {
+            self.out.push_back(ClientMsg::RenewLock {
+                doc,
+                key,
+                token,
+                ttl_ms,
+            });
+        }
+    }
+
+    /// Gives a lease up.
+    pub fn unlock(&mut self, doc: DocId, key: String, token: FencingToken) {
+        if self.conn == Conn::Online {
+            self.out.push_back(ClientMsg::Unlock { doc, key, token });
+        }
+    }
+
+    /// Sets this session's presence in a live document (dropped while offline: presence
+    /// is ephemeral, the shell sets it again after reconnecting).
+    pub fn set_presence(&mut self, doc: DocId, state: Vec<u8>) {
+        if self.conn == Conn::Online && self.is_live(&doc) {
+            self.out.push_back(ClientMsg::Presence {
+                doc,
+                state: Blob(state),
+            });
+        }
+    }
+
+    /// Sends queued mutations, in id order, while the window has room and the document is
+    /// live (and not waiting to reconcile: a mutator must see what the server holds).
+    fn send_mutations(&mut self, doc: DocId) {
+        if self.conn != Conn::Online {
+            return;
+        }
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        if !d.live || d.hold_position {
+            return;
+        }
+        let mut ids = Vec::new();
+        while d.mutations_sent < d.mutations.len() && d.mutations_sent < MUTATION_WINDOW {
+            let m = &d.mutations[d.mutations_sent];
+            ids.push(m.id);
+            self.out.push_back(ClientMsg::Mutate {
+                doc,
+                mutation_id: m.id,
+                name: m.name.clone(),
+                args: Blob(m.args.clone()),
+                fence: m.fence,
+            });
+            d.mutations_sent += 1;
+        }
+        if !ids.is_empty() {
+            self.events
+                .push_back(SessionEvent::MutationsSent { doc, ids });
+        }
+    }
+
+    fn mutation_result(&mut self, doc: DocId, id: MutationId, outcome: MutationOutcome) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let Some(i) = d.mutations.iter().position(|m| m.id == id) else {
+            // Answered already (a duplicate after a resend).
+            return;
+        };
+        // Results come in id order; anything before this one was answered or will be sent
+        // again, so only this entry leaves the queue.
+        d.mutations.remove(i);
+        if i < d.mutations_sent {
+            d.mutations_sent -= 1;
+        }
+        self.events
+            .push_back(SessionEvent::MutationResult { doc, id, outcome });
+        self.send_mutations(doc);
+    }
+
     /// Stops tracking a document.
     pub fn close_doc(&mut self, doc: &DocId) {
         if self.docs.remove(doc).is_some() && self.conn == Conn::Online {
@@ -258,6 +438,7 @@ impl ClientSession {
             d.in_flight = 0;
             d.subscribed = false;
             d.live = false;
+            d.mutations_sent = 0;
             // An open reconciliation is dropped; `hold_position` stays, so the next
             // connection (which presents the old position) reconciles again.
             d.reconcile = None;
@@ -358,6 +539,7 @@ impl ClientSession {
             .push_back(SessionEvent::Reconciled { doc, ok, position });
         if live {
             self.push_next(doc);
+            self.send_mutations(doc);
         }
     }
 
@@ -510,6 +692,7 @@ impl ClientSession {
                     self.end_reconcile(doc, false);
                 }
                 self.push_next(doc);
+                self.send_mutations(doc);
             }
             ServerMsg::Ack {
                 doc, heads, new, ..
@@ -517,6 +700,32 @@ impl ClientSession {
             ServerMsg::Error { code, message, doc } => self.error(code, message, doc),
             ServerMsg::SyncMsg { doc, bytes } => self.sync_msg(doc, bytes),
             ServerMsg::Reconciled { doc } => self.end_reconcile(doc, true),
+            ServerMsg::MutationResult {
+                doc,
+                mutation_id,
+                outcome,
+            } => self.mutation_result(doc, mutation_id, outcome),
+            ServerMsg::LockResult { doc, key, outcome } => {
+                self.events
+                    .push_back(SessionEvent::LockResult { doc, key, outcome });
+            }
+            ServerMsg::LockState {
+                doc,
+                key,
+                holder,
+                token,
+                expires_at_ms,
+            } => self.events.push_back(SessionEvent::LockState {
+                doc,
+                key,
+                holder,
+                token,
+                expires_at_ms,
+            }),
+            ServerMsg::Presence { doc, peer, state } => {
+                self.events
+                    .push_back(SessionEvent::Presence { doc, peer, state });
+            }
             ServerMsg::Pong { nonce, .. } => {
                 if let Some(sent) = self.pings.remove(&nonce) {
                     // Older pings were answered out of order or lost; they no longer count.
@@ -524,6 +733,11 @@ impl ClientSession {
                     self.events.push_back(SessionEvent::Pong {
                         rtt_ms: now_ms.saturating_sub(sent),
                     });
+                    // A heartbeat also retries mutations a transient error took off the wire.
+                    let docs: Vec<DocId> = self.docs.keys().copied().collect();
+                    for doc in docs {
+                        self.send_mutations(doc);
+                    }
                 }
             }
             _ => {}
@@ -537,6 +751,7 @@ impl ClientSession {
         d.subscribed = true;
         d.live = false;
         d.in_flight = 0;
+        d.mutations_sent = 0;
         d.offered = false;
         d.reconcile = None;
         if d.hold_position {
@@ -651,6 +866,13 @@ impl ClientSession {
             // Any other error about the document ends the push on the wire; the changes stay
             // pending and go out with the next push or after reconnecting.
             d.in_flight = 0;
+            // A mutation refused before it ran (rate limit, shutdown, a gap after an earlier
+            // refusal) was not processed: every unanswered one goes out again on the next
+            // trigger (a result, Live, a heartbeat, a new mutation). Duplicates are answered
+            // with their recorded outcome, so resending is safe.
+            if !matches!(code.code(), 4000..=4999) {
+                d.mutations_sent = 0;
+            }
         }
         self.events
             .push_back(SessionEvent::Error { code, message, doc });

@@ -251,6 +251,95 @@ impl DocStore {
         Ok((r, appended))
     }
 
+    /// Runs `f` on the caught-up document as one all-or-nothing edit, then appends in one
+    /// atomic batch the entries `head` returns (it sees `f`'s result) followed by the change
+    /// `f` made, if it succeeded and changed anything. A failed `f` leaves the document as it
+    /// was (its open edits are rolled back; one that committed edits itself gets the document
+    /// rebuilt from the log). This is how a mutation's outcome and its change land together.
+    pub fn transact<R, E, F, H>(
+        &self,
+        id: &DocId,
+        change_author: &Author,
+        at_ms: u64,
+        f: F,
+        head: H,
+    ) -> Result<(Result<R, E>, Appended), StoreError>
+    where
+        F: FnOnce(&mut AutoCommit) -> Result<R, E>,
+        H: FnOnce(&Result<R, E>) -> Vec<NewEntry>,
+    {
+        let slot = self.slot(id);
+        let mut slot = lock(&slot);
+        // Held-back local changes go first, so the batch below depends only on logged ones.
+        self.log_local(id, &mut slot)?;
+        self.catch_up(id, &mut slot)?;
+        let Some(loaded) = slot.loaded.as_mut() else {
+            return Err(StoreError::Log(LogError::UnknownDoc(*id)));
+        };
+        let before = loaded.doc.get_heads();
+        let r = f(&mut loaded.doc);
+        let change = match &r {
+            Ok(_) => {
+                loaded.doc.commit();
+                let own = loaded.doc.get_actor().clone();
+                loaded
+                    .doc
+                    .get_changes(&before)
+                    .into_iter()
+                    .filter(|c| *c.actor_id() == own)
+                    .collect::<Vec<Change>>()
+            }
+            Err(_) => {
+                loaded.doc.rollback();
+                if loaded.doc.get_heads() != before {
+                    slot.loaded = None;
+                }
+                Vec::new()
+            }
+        };
+        let mut entries = head(&r);
+        entries.extend(change.iter().map(|c| NewEntry {
+            at_ms,
+            author: change_author.clone(),
+            kind: EntryKind::Change(c.raw_bytes().to_vec()),
+        }));
+        if entries.is_empty() {
+            return Err(StoreError::Log(LogError::Invalid(
+                "a transaction must log at least one entry".into(),
+            )));
+        }
+        let appended = match self.log.append(id, entries) {
+            Ok(a) => a,
+            Err(e) => {
+                // The document may hold a change the log refused: rebuild it from the log.
+                slot.loaded = None;
+                return Err(e.into());
+            }
+        };
+        if let Some(loaded) = slot.loaded.as_mut() {
+            let first = appended.results.first().map(|r| r.seq());
+            if first == Some(loaded.applied_through.next()) {
+                loaded.applied_through = appended
+                    .results
+                    .iter()
+                    .map(|r| r.seq())
+                    .max()
+                    .unwrap_or(loaded.applied_through);
+                loaded.logged_heads = loaded.doc.get_heads();
+                loaded.encoded_bytes += change
+                    .iter()
+                    .map(|c| c.raw_bytes().len() as u64)
+                    .sum::<u64>();
+            } else {
+                // Something else was appended in between: catch up from the log next time.
+                slot.loaded = None;
+            }
+        }
+        drop(slot);
+        self.maybe_evict(id);
+        Ok((r, appended))
+    }
+
     /// Appends the local changes that [`StoreConfig::local_batch`] held back (see there).
     /// Returns the append, or None if there was nothing to log.
     pub fn flush_local(&self, id: &DocId) -> Result<Option<Appended>, StoreError> {

@@ -4,7 +4,7 @@ use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationI
 use serde::{Deserialize, Serialize};
 
 use crate::commit::Durable;
-use crate::entry::{Author, Entry, EntryHash, NewEntry};
+use crate::entry::{Author, Entry, EntryHash, LockRecord, MutationOutcome, NewEntry};
 use crate::error::LogError;
 
 /// Where a document's stream stands.
@@ -75,6 +75,13 @@ pub struct Appended {
     pub durable: Durable,
 }
 
+/// A processed mutation, as [`EventLog::mutation_outcome`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedOutcome {
+    pub seq: Seq,
+    pub outcome: MutationOutcome,
+}
+
 /// Sizes of one document's stream, for `converge inspect`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DocStats {
@@ -134,6 +141,20 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// The last mutation id processed for a client in a document.
     fn last_mutation(&self, doc: &DocId, client: &ClientId)
     -> Result<Option<MutationId>, LogError>;
+
+    /// The outcome recorded for a processed mutation, with the seq a client should know it
+    /// by: its change's, or (no change) the mutation entry's.
+    fn mutation_outcome(
+        &self,
+        doc: &DocId,
+        client: &ClientId,
+        id: MutationId,
+    ) -> Result<Option<RecordedOutcome>, LogError>;
+
+    /// The document's lock table: the last `Granted` or `Renewed` event of every key that
+    /// was not released or expired since (some may have run out by now: compare
+    /// `expires_at_ms` with the time).
+    fn locks(&self, doc: &DocId) -> Result<Vec<LockRecord>, LogError>;
 
     /// The last fencing token issued (monotonic across restarts).
     fn fencing_counter(&self) -> Result<FencingToken, LogError>;

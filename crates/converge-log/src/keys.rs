@@ -1,7 +1,7 @@
 //! The key layout of the store: one byte of record type, then the document id, then the rest.
 //! All integers are big-endian so that key order is numeric order. See docs/log-format.md.
 
-use converge_proto::{ClientId, DocId, Seq};
+use converge_proto::{ClientId, DocId, MutationId, Seq};
 
 pub(crate) const FORMAT: &[u8] = b"Fformat";
 pub(crate) const FENCE: &[u8] = b"Gfence";
@@ -12,6 +12,8 @@ pub(crate) const ACTOR: u8 = b'A';
 pub(crate) const MUTATION: u8 = b'M';
 pub(crate) const SNAPSHOT: u8 = b'S';
 pub(crate) const INDEX: u8 = b'I';
+pub(crate) const LOCK: u8 = b'L';
+pub(crate) const OUTCOME: u8 = b'O';
 
 pub(crate) fn doc_key(tag: u8, doc: &DocId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 16 + 32);
@@ -42,6 +44,18 @@ pub(crate) fn snapshot(doc: &DocId, seq: Seq) -> Vec<u8> {
 
 pub(crate) fn mutation(doc: &DocId, client: &ClientId) -> Vec<u8> {
     with_suffix(MUTATION, doc, client.as_bytes())
+}
+
+/// A key's current lock holder (absent when the key is free).
+pub(crate) fn lock(doc: &DocId, key: &str) -> Vec<u8> {
+    with_suffix(LOCK, doc, key.as_bytes())
+}
+
+/// A mutation's recorded outcome, by client and mutation id.
+pub(crate) fn outcome(doc: &DocId, client: &ClientId, id: MutationId) -> Vec<u8> {
+    let mut k = with_suffix(OUTCOME, doc, client.as_bytes());
+    k.extend_from_slice(&id.get().to_be_bytes());
+    k
 }
 
 /// The first key after every key that starts with `prefix`.

@@ -60,6 +60,8 @@ pub use entry::{
     NewEntry,
 };
 pub use error::LogError;
-pub use event_log::{ActorRecord, AppendResult, Appended, DocHead, DocStats, EventLog, Snapshot};
+pub use event_log::{
+    ActorRecord, AppendResult, Appended, DocHead, DocStats, EventLog, RecordedOutcome, Snapshot,
+};
 pub use kv::MemStorage;
 pub use log::{Log, LogConfig, MemLog, SledLog};

@@ -12,11 +12,13 @@ use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationI
 
 use crate::codec::{self, FORMAT_VERSION};
 use crate::commit::{Committer, Durability, Durable};
-use crate::entry::{Author, Entry, EntryHash, EntryKind, LockEvent, NewEntry};
+use crate::entry::{
+    Author, Entry, EntryHash, EntryKind, LockEvent, LockRecord, MutationOutcome, NewEntry,
+};
 use crate::error::LogError;
 use crate::event_log::{
-    ActorRecord, AppendResult, Appended, DocHead, DocMeta, DocStats, EventLog, Snapshot,
-    SnapshotInfo, SnapshotRecord,
+    ActorRecord, AppendResult, Appended, DocHead, DocMeta, DocStats, EventLog, RecordedOutcome,
+    Snapshot, SnapshotInfo, SnapshotRecord,
 };
 use crate::keys;
 use crate::kv::{Kv, MemStorage, SledKv, WriteBatch};
@@ -517,6 +519,12 @@ impl Log {
         let mut in_batch: HashMap<ChangeHash, Seq> = HashMap::new();
         let mut actors: HashMap<Vec<u8>, ActorRecord> = HashMap::new();
         let mut mutations: HashMap<ClientId, MutationId> = HashMap::new();
+        // Outcomes of this batch's mutations; `applied_open`: the last one was Applied and
+        // its change (the next entry, if any) gives it its seq.
+        let mut outcomes: Vec<(ClientId, MutationId, RecordedOutcome)> = Vec::new();
+        let mut applied_open: Option<usize> = None;
+        // The last lock event of each key in this batch (None: released or expired).
+        let mut lock_index: HashMap<String, Option<LockRecord>> = HashMap::new();
         let mut change_bytes = 0u64;
         let mut written = 0u64;
         let mut pages = PageWriter::default();
@@ -626,18 +634,38 @@ impl Log {
                 seq = seq.next();
             }
             let mut result = AppendResult::Appended(seq);
+            let open = applied_open.take();
             match &mut new.kind {
-                EntryKind::Lock(l) if l.event == LockEvent::Granted => {
-                    next_token += 1;
-                    l.token = FencingToken(next_token);
-                    result = AppendResult::Granted(seq, l.token);
+                EntryKind::Lock(l) => {
+                    if l.event == LockEvent::Granted {
+                        next_token += 1;
+                        l.token = FencingToken(next_token);
+                        result = AppendResult::Granted(seq, l.token);
+                    }
+                    let live = matches!(l.event, LockEvent::Granted | LockEvent::Renewed);
+                    lock_index.insert(l.key.clone(), live.then(|| l.clone()));
                 }
                 EntryKind::Mutation(m) => {
                     let e = mutations.entry(m.client).or_insert(m.mutation_id);
                     *e = (*e).max(m.mutation_id);
+                    if m.outcome == MutationOutcome::Applied {
+                        applied_open = Some(outcomes.len());
+                    }
+                    outcomes.push((
+                        m.client,
+                        m.mutation_id,
+                        RecordedOutcome {
+                            seq,
+                            outcome: m.outcome.clone(),
+                        },
+                    ));
+                }
+                EntryKind::Change(_) | EntryKind::Relayed(_) => {
+                    if let Some(i) = open {
+                        outcomes[i].2.seq = seq;
+                    }
                 }
                 EntryKind::Tombstone => tombstoned = true,
-                _ => {}
             }
             let (bytes, hash) = Entry::seal(seq, st.meta.epoch, prev, &new)?;
             pages.push(seq, &bytes);
@@ -666,6 +694,21 @@ impl Log {
                     keys::mutation(doc, &client),
                     id.get().to_be_bytes().to_vec(),
                 );
+            }
+        }
+        for (client, id, recorded) in &outcomes {
+            batch.put(
+                keys::outcome(doc, client, *id),
+                codec::encode(recorded).map_err(LogError::Invalid)?,
+            );
+        }
+        for (key, record) in lock_index {
+            match record {
+                Some(r) => batch.put(
+                    keys::lock(doc, &key),
+                    codec::encode(&r).map_err(LogError::Invalid)?,
+                ),
+                None => batch.delete(keys::lock(doc, &key)),
             }
         }
         if fence.as_deref().is_some_and(|f| next_token != *f) {
@@ -1032,6 +1075,37 @@ impl EventLog for Log {
         let epoch = meta.epoch;
         st.meta = meta;
         Ok((epoch, self.committer.ticket()))
+    }
+
+    fn mutation_outcome(
+        &self,
+        doc: &DocId,
+        client: &ClientId,
+        id: MutationId,
+    ) -> Result<Option<RecordedOutcome>, LogError> {
+        match self.kv.get(&keys::outcome(doc, client, id))? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v)
+                .map(Some)
+                .map_err(|reason| LogError::CorruptRecord {
+                    record: format!("mutation outcome of {doc}"),
+                    reason,
+                }),
+        }
+    }
+
+    fn locks(&self, doc: &DocId) -> Result<Vec<LockRecord>, LogError> {
+        let prefix = keys::doc_key(keys::LOCK, doc);
+        self.kv
+            .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| {
+                codec::decode(&v).map_err(|reason| LogError::CorruptRecord {
+                    record: format!("lock table of {doc}"),
+                    reason,
+                })
+            })
+            .collect()
     }
 
     fn fencing_counter(&self) -> Result<FencingToken, LogError> {

@@ -122,6 +122,12 @@ code_enum!(
         LockNotHeld = 5004,
         /// No mutator with this name is registered.
         UnknownMutator = 5005,
+        /// The mutation's arguments do not decode for this mutator.
+        BadArgs = 5006,
+        /// The mutator panicked; this mutation alone is rejected.
+        MutatorPanicked = 5007,
+        /// A lock request is malformed (a TTL of zero or over the maximum).
+        BadLockRequest = 5008,
         // 6xxx: limits
         /// Too many messages; slow down.
         RateLimited = 6000,

@@ -110,3 +110,37 @@ pub fn decode_client(frame: &[u8], limit: usize) -> Result<ClientMsg, FrameError
 pub fn decode_server(frame: &[u8], limit: usize) -> Result<ServerMsg, FrameError> {
     decode(frame, limit)
 }
+
+type ArgsConfig = Configuration<LittleEndian, Varint, Limit<{ crate::limits::MAX_ARGS_BYTES }>>;
+const ARGS_CONFIG: ArgsConfig =
+    bincode::config::standard().with_limit::<{ crate::limits::MAX_ARGS_BYTES }>();
+
+/// Encodes a mutation's arguments (bincode, the wire's configuration; at most
+/// [`crate::limits::MAX_ARGS_BYTES`]).
+pub fn encode_args<T: Serialize>(args: &T) -> Result<Vec<u8>, FrameError> {
+    let bytes = bincode::serde::encode_to_vec(args, ARGS_CONFIG)
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    if bytes.len() > crate::limits::MAX_ARGS_BYTES {
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: crate::limits::MAX_ARGS_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a mutation's arguments; every byte must be used.
+pub fn decode_args<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    if bytes.len() > crate::limits::MAX_ARGS_BYTES {
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: crate::limits::MAX_ARGS_BYTES,
+        });
+    }
+    let (args, used) = bincode::serde::decode_from_slice(bytes, ARGS_CONFIG)
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(FrameError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(args)
+}

@@ -134,6 +134,15 @@ impl UserId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The user the server writes as: the author of the changes mutators make on the server.
+    /// Reserved: the auth layer refuses a token whose `sub` is this id.
+    pub fn server() -> Self {
+        Self(Self::SERVER.to_string())
+    }
+
+    /// The text of [`UserId::server`].
+    pub const SERVER: &'static str = "converge:server";
 }
 
 impl TryFrom<String> for UserId {

@@ -105,10 +105,12 @@ pub enum ClientMsg {
         key: String,
         ttl_ms: u64,
     },
+    /// Extends a held lease to `ttl_ms` from now.
     RenewLock {
         doc: DocId,
         key: String,
         token: FencingToken,
+        ttl_ms: u64,
     },
     Unlock {
         doc: DocId,

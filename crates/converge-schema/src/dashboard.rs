@@ -18,6 +18,11 @@ pub struct Dashboard {
 #[serde(deny_unknown_fields)]
 pub struct WidgetRef {
     /// The widget document's id (base58check).
+    ///
+    /// It is the list key for autosurgeon: when the layout is reordered, the moved entry is
+    /// deleted and reinserted instead of every entry in between being rewritten field by
+    /// field, so a concurrent edit of another widget's size stays on that widget.
+    #[key]
     pub widget: String,
     pub x: u32,
     pub y: u32,

@@ -6,6 +6,10 @@
 //! (a start time, a resource) keep every competing value: [`conflicts`] lists them so an app can
 //! show "local vs remote", and [`resolve`] writes the one a person picked as an ordinary change.
 //!
+//! Edits that must respect a rule ("a bed is booked once at a time") go through mutators, which
+//! the server re-runs in order and may refuse: [`BookEvent`], [`MoveEvent`], [`CancelEvent`],
+//! [`AddWidget`], [`MoveWidget`] and [`RemoveWidget`]; [`register_all`] registers them.
+//!
 //! ```
 //! use automerge::AutoCommit;
 //! use converge_schema::{Schedule, Event, create, read, update};
@@ -27,6 +31,7 @@ mod error;
 mod inbox;
 mod json;
 mod kind;
+mod mutators;
 mod schedule;
 mod text_serde;
 mod widget;
@@ -38,6 +43,10 @@ pub use error::SchemaError;
 pub use inbox::{Inbox, Notification, Priority};
 pub use json::to_json;
 pub use kind::{DocKind, TypedDoc};
+pub use mutators::{
+    AddWidget, BookEvent, CancelEvent, MoveEvent, MoveWidget, RemoveWidget, event_lock_key,
+    register_all,
+};
 pub use schedule::{Event, Resource, Schedule};
 pub use widget::{DataPoint, Widget};
 

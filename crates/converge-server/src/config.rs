@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use converge_core::HubConfig;
+use converge_core::{HubConfig, Mutators};
 use converge_log::Durability;
 
 /// Everything `converge serve` can set.
@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection (frames are written through at once).
     pub ws_write_buffer: usize,
+    /// The mutators clients may call (`converge serve` registers converge-schema's).
+    pub mutators: Mutators,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +35,7 @@ impl Default for ServerConfig {
             hub: HubConfig::default(),
             ws_read_buffer: 1024,
             ws_write_buffer: 0,
+            mutators: Mutators::new(),
         }
     }
 }

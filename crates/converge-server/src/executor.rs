@@ -7,14 +7,19 @@ use std::sync::{Arc, Mutex};
 
 use automerge::sync::SyncDoc;
 use converge_core::{
-    Appended, Catchup, CatchupPlan, HeadView, PushAuthor, PushedChange, Refusal, SyncStep,
+    Appended, Catchup, CatchupPlan, Ctx, FenceCheck, HeadView, LockChange, LockHolder,
+    LocksRecorded, Mutated, MutationRequest, Mutators, PushAuthor, PushedChange, Refusal, SyncStep,
     plan_catchup,
 };
 use converge_log::{
-    AppendResult, Author, DocStore, Durable, EntryKind, EventLog, LogError, NewEntry, StoreConfig,
-    StoreError,
+    AppendResult, Author, DocStore, Durable, EntryKind, EventLog, LockEvent, LockRecord, LogError,
+    MutationRecord, NewEntry, StoreConfig, StoreError,
 };
-use converge_proto::{Blob, ChangeHash, DocId, Epoch, ErrorCode, Position, Seq, SessionId};
+use converge_proto::limits::MAX_MESSAGE_BYTES;
+use converge_proto::{
+    Blob, ChangeHash, DocId, Epoch, ErrorCode, FencingToken, MutationOutcome, Peer, Position, Seq,
+    SessionId, UserId,
+};
 
 /// Entries read per page while building a catch-up.
 const PAGE: usize = 4096;
@@ -36,6 +41,8 @@ pub struct LogExecutor {
     store: Arc<DocStore>,
     /// automerge sync state per (session, document) reconciling.
     reconciliations: Arc<Mutex<HashMap<(SessionId, DocId), Reconciliation>>>,
+    /// The mutators this server runs, by name.
+    mutators: Arc<Mutators>,
 }
 
 #[derive(Debug)]
@@ -51,7 +58,14 @@ impl LogExecutor {
             log,
             store,
             reconciliations: Arc::new(Mutex::new(HashMap::new())),
+            mutators: Arc::new(Mutators::new()),
         }
+    }
+
+    /// The same executor running these mutators.
+    pub fn with_mutators(mut self, mutators: Mutators) -> Self {
+        self.mutators = Arc::new(mutators);
+        self
     }
 
     /// The materialized documents.
@@ -95,17 +109,7 @@ impl LogExecutor {
             .iter()
             .map(|c| change_hash(c))
             .collect::<Result<Vec<_>, _>>()?;
-        let epoch = match self.log.head(doc) {
-            Ok(h) => h.epoch,
-            Err(LogError::UnknownDoc(_)) => {
-                match self.log.create(*doc, FIRST_EPOCH) {
-                    Ok(_) | Err(LogError::DocExists(_)) => {}
-                    Err(e) => return Err(refusal(&e)),
-                }
-                FIRST_EPOCH
-            }
-            Err(e) => return Err(refusal(&e)),
-        };
+        let epoch = self.ensure_stream(doc)?;
         let appended = self.log.append(doc, entries).map_err(|e| refusal(&e))?;
         let mut out = Vec::with_capacity(changes.len());
         for (result, hash) in appended.results.iter().zip(hashes) {
@@ -122,6 +126,270 @@ impl LogExecutor {
             },
             appended.durable,
         ))
+    }
+
+    /// The stream's epoch, creating the stream if this is the document's first write.
+    fn ensure_stream(&self, doc: &DocId) -> Result<Epoch, Refusal> {
+        match self.log.head(doc) {
+            Ok(h) => Ok(h.epoch),
+            Err(LogError::UnknownDoc(_)) => {
+                match self.log.create(*doc, FIRST_EPOCH) {
+                    Ok(_) | Err(LogError::DocExists(_)) => {}
+                    Err(e) => return Err(refusal(&e)),
+                }
+                Ok(FIRST_EPOCH)
+            }
+            Err(e) => Err(refusal(&e)),
+        }
+    }
+
+    /// Runs a mutation exactly once per (document, client, id):
+    /// - an id already processed returns its recorded outcome and writes nothing;
+    /// - an id past the next one is refused (`MutationGap`) and writes nothing;
+    /// - otherwise the outcome (and, when Applied, the change the mutator made, authored by
+    ///   the server's user) are logged in one atomic batch together with the client's new
+    ///   last id. A rejection (the mutator's, a stale fence, an unknown name, a panic) is an
+    ///   outcome too: the id counts, so the client is never blocked.
+    ///
+    /// Run it in hub order with the appends (the writer thread): the mutator sees every entry
+    /// the hub ordered before it.
+    pub fn mutate(&self, req: &MutationRequest) -> Result<(Mutated, Durable), Refusal> {
+        let doc = &req.doc;
+        let epoch = self.ensure_stream(doc)?;
+        let last = self
+            .log
+            .last_mutation(doc, &req.client)
+            .map_err(|e| refusal(&e))?
+            .map_or(0, |m| m.get());
+        let id = req.mutation_id.get();
+        if id != 0 && id <= last {
+            let recorded = self
+                .log
+                .mutation_outcome(doc, &req.client, req.mutation_id)
+                .map_err(|e| refusal(&e))?
+                .ok_or_else(|| {
+                    Refusal::new(
+                        ErrorCode::Internal,
+                        format!("mutation {id} was processed but its outcome is not recorded"),
+                    )
+                })?;
+            let outcome = outcome_for_wire(&recorded.outcome, recorded.seq);
+            let mutated = Mutated {
+                epoch,
+                outcome,
+                new: Vec::new(),
+            };
+            // The original may still be on its way to disk.
+            return Ok((mutated, self.log.durable()));
+        }
+        if id != last + 1 {
+            return Err(Refusal::new(
+                ErrorCode::MutationGap,
+                format!(
+                    "mutation ids are dense per client and document: expected {}, got {id}",
+                    last + 1
+                ),
+            ));
+        }
+        let entry = |outcome: converge_log::MutationOutcome| NewEntry {
+            at_ms: req.now_ms,
+            author: Author {
+                user: req.user.clone(),
+                session: req.session,
+            },
+            kind: EntryKind::Mutation(MutationRecord {
+                client: req.client,
+                mutation_id: req.mutation_id,
+                name: req.name.clone(),
+                args: req.args.to_vec(),
+                outcome,
+            }),
+        };
+        let lock = match &req.fence {
+            FenceCheck::None => None,
+            FenceCheck::Valid { key, token } => Some((key.clone(), *token)),
+            FenceCheck::Stale { message } => {
+                let rejected = rejected(ErrorCode::StaleFence, message);
+                let appended = self
+                    .log
+                    .append(doc, vec![entry(rejected)])
+                    .map_err(|e| refusal(&e))?;
+                return self.mutated(doc, epoch, appended);
+            }
+        };
+        let ctx = Ctx {
+            user: req.user.clone(),
+            client: req.client,
+            session: req.session,
+            now_ms: req.now_ms,
+            lock,
+        };
+        let server = Author::user(UserId::server());
+        let (_, appended) = self
+            .store
+            .transact(
+                doc,
+                &server,
+                req.now_ms,
+                |d| self.mutators.run(&req.name, d, &req.args, &ctx),
+                |r| {
+                    vec![entry(match r {
+                        Ok(()) => converge_log::MutationOutcome::Applied,
+                        Err(rej) => rejected(rej.code, &rej.message),
+                    })]
+                },
+            )
+            .map_err(|e| match e {
+                StoreError::Log(e) => refusal(&e),
+                other => Refusal::new(ErrorCode::StorageFailed, other.to_string()),
+            })?;
+        self.mutated(doc, epoch, appended)
+    }
+
+    /// What a mutation's batch wrote, read back as the hub fans it out.
+    fn mutated(
+        &self,
+        doc: &DocId,
+        epoch: Epoch,
+        appended: converge_log::Appended,
+    ) -> Result<(Mutated, Durable), Refusal> {
+        let first = appended
+            .results
+            .first()
+            .map(|r| r.seq())
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "a mutation wrote nothing"))?;
+        let entries = self
+            .log
+            .read(doc, first, appended.results.len())
+            .map_err(|e| refusal(&e))?;
+        let mut outcome = None;
+        let mut last = first;
+        let mut new = Vec::with_capacity(entries.len());
+        for e in entries {
+            last = e.seq;
+            match e.kind {
+                EntryKind::Mutation(m) => {
+                    outcome = Some(m.outcome);
+                    new.push((e.seq, Blob(Vec::new())));
+                }
+                other => new.push((e.seq, Blob(other.into_change_bytes().unwrap_or_default()))),
+            }
+        }
+        let outcome = outcome
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "the mutation record is missing"))?;
+        let mutated = Mutated {
+            epoch,
+            outcome: outcome_for_wire(&outcome, last),
+            new,
+        };
+        Ok((mutated, appended.durable))
+    }
+
+    /// Logs lock events in order, all or nothing; a grant's token is issued by the log.
+    pub fn record_locks(
+        &self,
+        doc: &DocId,
+        changes: &[LockChange],
+        at_ms: u64,
+    ) -> Result<(LocksRecorded, Durable), Refusal> {
+        let epoch = self.ensure_stream(doc)?;
+        let entries = changes
+            .iter()
+            .map(|c| {
+                let (event, key, peer, token, expires_at_ms) = match c {
+                    LockChange::Granted {
+                        key,
+                        peer,
+                        expires_at_ms,
+                    } => (
+                        LockEvent::Granted,
+                        key,
+                        peer,
+                        FencingToken(0),
+                        *expires_at_ms,
+                    ),
+                    LockChange::Renewed(h) => (
+                        LockEvent::Renewed,
+                        &h.key,
+                        &h.peer,
+                        h.token,
+                        h.expires_at_ms,
+                    ),
+                    LockChange::Released(h) => (
+                        LockEvent::Released,
+                        &h.key,
+                        &h.peer,
+                        h.token,
+                        h.expires_at_ms,
+                    ),
+                    LockChange::Expired(h) => (
+                        LockEvent::Expired,
+                        &h.key,
+                        &h.peer,
+                        h.token,
+                        h.expires_at_ms,
+                    ),
+                };
+                NewEntry {
+                    at_ms,
+                    author: Author {
+                        user: peer.user.clone(),
+                        session: Some(peer.session),
+                    },
+                    kind: EntryKind::Lock(LockRecord {
+                        key: key.clone(),
+                        event,
+                        holder: Author {
+                            user: peer.user.clone(),
+                            session: Some(peer.session),
+                        },
+                        token,
+                        expires_at_ms,
+                    }),
+                }
+            })
+            .collect();
+        let appended = self.log.append(doc, entries).map_err(|e| refusal(&e))?;
+        let seqs = appended.results.iter().map(|r| r.seq()).collect();
+        let tokens = appended
+            .results
+            .iter()
+            .map(|r| match r {
+                AppendResult::Granted(_, t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        Ok((
+            LocksRecorded {
+                epoch,
+                seqs,
+                tokens,
+            },
+            appended.durable,
+        ))
+    }
+
+    /// The document's lock table as the log holds it. The holders' sessions belong to an
+    /// earlier process: they are loaded as session 0, which no connection has, so only the
+    /// token (renew, release, fence) or expiry ends them.
+    pub fn load_locks(&self, doc: &DocId) -> Result<Vec<LockHolder>, Refusal> {
+        let records = match self.log.locks(doc) {
+            Ok(r) => r,
+            Err(LogError::UnknownDoc(_)) => Vec::new(),
+            Err(e) => return Err(refusal(&e)),
+        };
+        Ok(records
+            .into_iter()
+            .map(|r| LockHolder {
+                key: r.key,
+                peer: Peer {
+                    session: SessionId(0),
+                    user: r.holder.user,
+                },
+                token: r.token,
+                expires_at_ms: r.expires_at_ms,
+            })
+            .collect())
     }
 
     /// What a subscriber at `after` needs, holding only durable entries.
@@ -283,6 +551,29 @@ impl LogExecutor {
             }
         }
         Ok(out)
+    }
+}
+
+/// A rejected outcome for the log (the message cut to what the log stores).
+fn rejected(code: ErrorCode, message: &str) -> converge_log::MutationOutcome {
+    let mut end = message.len().min(MAX_MESSAGE_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    converge_log::MutationOutcome::Rejected {
+        code: code.code(),
+        message: message[..end].to_string(),
+    }
+}
+
+/// A recorded outcome as the client is told it; `seq`: the entry that settles it.
+fn outcome_for_wire(outcome: &converge_log::MutationOutcome, seq: Seq) -> MutationOutcome {
+    match outcome {
+        converge_log::MutationOutcome::Applied => MutationOutcome::Applied { seq },
+        converge_log::MutationOutcome::Rejected { code, message } => MutationOutcome::Rejected {
+            code: ErrorCode::try_from(*code).unwrap_or(ErrorCode::MutationRejected),
+            message: message.clone(),
+        },
     }
 }
 

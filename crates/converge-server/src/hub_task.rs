@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use converge_core::{
-    Appended, Catchup, Hub, HubStats, Output, PushAuthor, Refusal, SyncStep, Ticket,
+    Appended, Catchup, ExternalMutation, Hub, HubStats, LockChange, LockHolder, LocksRecorded,
+    Mutated, MutationRequest, Output, PushAuthor, Refusal, SyncStep, Ticket,
 };
 use converge_log::Durable;
-use converge_proto::{Blob, CloseCode, DocId, ErrorCode, Position, SessionId};
+use converge_proto::{Blob, CloseCode, DocId, ErrorCode, MutationOutcome, Position, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::LogExecutor;
@@ -64,6 +65,23 @@ pub(crate) enum HubEvent {
         ticket: Ticket,
         result: Result<SyncStep, Refusal>,
     },
+    Mutated {
+        ticket: Ticket,
+        result: Result<Mutated, Refusal>,
+    },
+    LocksRecorded {
+        ticket: Ticket,
+        result: Result<LocksRecorded, Refusal>,
+    },
+    LocksLoaded {
+        ticket: Ticket,
+        result: Result<Vec<LockHolder>, Refusal>,
+    },
+    /// A mutation from the HTTP API.
+    ExternalMutate {
+        mutation: ExternalMutation,
+        reply: oneshot::Sender<Result<MutationOutcome, Refusal>>,
+    },
     /// A background snapshot check for the document finished.
     Snapshotted {
         doc: DocId,
@@ -86,21 +104,33 @@ struct Conn {
     kill: Option<oneshot::Sender<(CloseCode, String)>>,
 }
 
-struct AppendJob {
-    ticket: Ticket,
-    doc: DocId,
-    author: PushAuthor,
-    changes: Vec<Blob>,
-    relayed: bool,
-    at_ms: u64,
+/// A log write, executed by the writer thread in hub order.
+enum Job {
+    Append {
+        ticket: Ticket,
+        doc: DocId,
+        author: PushAuthor,
+        changes: Vec<Blob>,
+        relayed: bool,
+        at_ms: u64,
+    },
+    Mutate {
+        ticket: Ticket,
+        request: MutationRequest,
+    },
+    Locks {
+        ticket: Ticket,
+        doc: DocId,
+        changes: Vec<LockChange>,
+        at_ms: u64,
+    },
 }
 
-/// What the writer hands the durability waiter.
+/// What the writer hands the durability waiter: the event for the hub, sent once `durable`
+/// resolves (or turned into a refusal if the flush fails).
 struct Written {
-    ticket: Ticket,
-    doc: DocId,
-    changes: Vec<Blob>,
-    wait: WaitFor,
+    event: HubEvent,
+    durable: Option<Durable>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -125,7 +155,7 @@ pub(crate) fn spawn(
 ) -> std::io::Result<(mpsc::Sender<HubEvent>, watch::Receiver<bool>, Tasks)> {
     let (tx, rx) = mpsc::channel::<HubEvent>(4096);
     let (ready_tx, ready_rx) = watch::channel(true);
-    let (job_tx, job_rx) = std::sync::mpsc::channel::<AppendJob>();
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (wait_tx, wait_rx) = mpsc::unbounded_channel::<Written>();
 
     let writer_exec = exec.clone();
@@ -137,28 +167,62 @@ pub(crate) fn spawn(
     Ok((tx, ready_rx, Tasks { hub, writer }))
 }
 
-enum WaitFor {
-    Durable(Appended, Durable),
-    Refused(Refusal),
+/// Splits a result into the value for the hub and the ticket to wait on.
+fn split<T>(r: Result<(T, Durable), Refusal>) -> (Result<T, Refusal>, Option<Durable>) {
+    match r {
+        Ok((v, d)) => (Ok(v), Some(d)),
+        Err(r) => (Err(r), None),
+    }
 }
 
-/// Appends in hub order. `append` itself only stages the batch (microseconds); the flush
-/// happens in the log's group commit, awaited by the waiter.
+/// Log writes in hub order. An append only stages the batch (microseconds); the flush
+/// happens in the log's group commit, awaited by the waiter. A mutation also runs its
+/// mutator here, on the document as the log holds it at this point of the order.
 fn writer(
     exec: LogExecutor,
-    jobs: std::sync::mpsc::Receiver<AppendJob>,
+    jobs: std::sync::mpsc::Receiver<Job>,
     wait: mpsc::UnboundedSender<Written>,
 ) {
     while let Ok(job) = jobs.recv() {
-        let result = exec.append(&job.doc, &job.author, job.at_ms, &job.changes, job.relayed);
-        let written = Written {
-            ticket: job.ticket,
-            doc: job.doc,
-            changes: job.changes,
-            wait: match result {
-                Ok((appended, durable)) => WaitFor::Durable(appended, durable),
-                Err(r) => WaitFor::Refused(r),
-            },
+        let written = match job {
+            Job::Append {
+                ticket,
+                doc,
+                author,
+                changes,
+                relayed,
+                at_ms,
+            } => {
+                let (result, durable) = split(exec.append(&doc, &author, at_ms, &changes, relayed));
+                Written {
+                    event: HubEvent::Appended {
+                        ticket,
+                        doc,
+                        changes,
+                        result,
+                    },
+                    durable,
+                }
+            }
+            Job::Mutate { ticket, request } => {
+                let (result, durable) = split(exec.mutate(&request));
+                Written {
+                    event: HubEvent::Mutated { ticket, result },
+                    durable,
+                }
+            }
+            Job::Locks {
+                ticket,
+                doc,
+                changes,
+                at_ms,
+            } => {
+                let (result, durable) = split(exec.record_locks(&doc, &changes, at_ms));
+                Written {
+                    event: HubEvent::LocksRecorded { ticket, result },
+                    durable,
+                }
+            }
         };
         if wait.send(written).is_err() {
             return;
@@ -166,35 +230,46 @@ fn writer(
     }
 }
 
-/// Awaits durability in append order, then tells the hub.
+/// The same event, now saying the write failed (its flush did).
+fn failed(event: HubEvent, r: Refusal) -> HubEvent {
+    match event {
+        HubEvent::Appended {
+            ticket,
+            doc,
+            changes,
+            ..
+        } => HubEvent::Appended {
+            ticket,
+            doc,
+            changes,
+            result: Err(r),
+        },
+        HubEvent::Mutated { ticket, .. } => HubEvent::Mutated {
+            ticket,
+            result: Err(r),
+        },
+        HubEvent::LocksRecorded { ticket, .. } => HubEvent::LocksRecorded {
+            ticket,
+            result: Err(r),
+        },
+        other => other,
+    }
+}
+
+/// Awaits durability in write order, then tells the hub.
 async fn waiter(mut rx: mpsc::UnboundedReceiver<Written>, hub: mpsc::Sender<HubEvent>) {
-    while let Some(Written {
-        ticket,
-        doc,
-        changes,
-        wait,
-    }) = rx.recv().await
-    {
-        let result = match wait {
-            WaitFor::Durable(appended, durable) => match durable.await {
-                Ok(()) => Ok(appended),
+    while let Some(Written { event, durable }) = rx.recv().await {
+        let event = match durable {
+            None => event,
+            Some(durable) => match durable.await {
+                Ok(()) => event,
                 Err(e) => {
                     tracing::error!(error = %e, "log flush failed; the write is not acknowledged");
-                    Err(Refusal::new(ErrorCode::StorageFailed, e.to_string()))
+                    failed(event, Refusal::new(ErrorCode::StorageFailed, e.to_string()))
                 }
             },
-            WaitFor::Refused(r) => Err(r),
         };
-        if hub
-            .send(HubEvent::Appended {
-                ticket,
-                doc,
-                changes,
-                result,
-            })
-            .await
-            .is_err()
-        {
+        if hub.send(event).await.is_err() {
             return;
         }
     }
@@ -205,7 +280,7 @@ async fn run(
     exec: LogExecutor,
     mut rx: mpsc::Receiver<HubEvent>,
     tx: mpsc::Sender<HubEvent>,
-    jobs: std::sync::mpsc::Sender<AppendJob>,
+    jobs: std::sync::mpsc::Sender<Job>,
     ready: watch::Sender<bool>,
 ) {
     let mut conns: HashMap<SessionId, Conn> = HashMap::new();
@@ -219,7 +294,14 @@ async fn run(
     let mut snapshotting: HashSet<DocId> = HashSet::new();
     // New entries per document since its last snapshot check.
     let mut since_check: HashMap<DocId, u64> = HashMap::new();
+    // HTTP mutations waiting for their outcome.
+    let mut external: HashMap<Ticket, oneshot::Sender<Result<MutationOutcome, Refusal>>> =
+        HashMap::new();
     loop {
+        // Timed hub work (coalesced presence, expiries) between the per-second ticks.
+        let wake = hub.next_wake_ms().map(|at| {
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+        });
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -249,6 +331,17 @@ async fn run(
                         }
                     }
                     HubEvent::Reconciled { ticket, result } => hub.handle_reconcile(ticket, result),
+                    HubEvent::Mutated { ticket, result } => hub.handle_mutated(ticket, result),
+                    HubEvent::LocksRecorded { ticket, result } => {
+                        hub.handle_locks_recorded(ticket, result);
+                    }
+                    HubEvent::LocksLoaded { ticket, result } => {
+                        hub.handle_locks_loaded(ticket, result, now_ms());
+                    }
+                    HubEvent::ExternalMutate { mutation, reply } => {
+                        let ticket = hub.mutate_external(mutation, now_ms());
+                        external.insert(ticket, reply);
+                    }
                     HubEvent::Snapshotted { doc } => {
                         snapshotting.remove(&doc);
                         // Entries appended while it ran may already make the next one due
@@ -273,6 +366,7 @@ async fn run(
                 }
             }
             _ = tick.tick() => hub.tick(now_ms()),
+            _ = sleep_until(wake) => hub.tick(now_ms()),
         }
         while let Some(out) = hub.poll_output() {
             match out {
@@ -304,7 +398,7 @@ async fn run(
                     changes,
                     relayed,
                 } => {
-                    let job = AppendJob {
+                    let job = Job::Append {
                         ticket,
                         doc,
                         author,
@@ -314,6 +408,32 @@ async fn run(
                     };
                     if jobs.send(job).is_err() {
                         tracing::error!("the writer thread is gone");
+                    }
+                }
+                Output::Mutate { ticket, request } => {
+                    if jobs.send(Job::Mutate { ticket, request }).is_err() {
+                        tracing::error!("the writer thread is gone");
+                    }
+                }
+                Output::RecordLocks {
+                    ticket,
+                    doc,
+                    changes,
+                } => {
+                    let job = Job::Locks {
+                        ticket,
+                        doc,
+                        changes,
+                        at_ms: now_ms(),
+                    };
+                    if jobs.send(job).is_err() {
+                        tracing::error!("the writer thread is gone");
+                    }
+                }
+                Output::LoadLocks { ticket, doc } => load_locks(&exec, &tx, ticket, doc),
+                Output::MutationDone { ticket, result } => {
+                    if let Some(reply) = external.remove(&ticket) {
+                        let _ = reply.send(result);
                     }
                 }
                 Output::Catchup { ticket, doc, after } => catchup(&exec, &tx, ticket, doc, after),
@@ -348,6 +468,38 @@ async fn run(
             break;
         }
     }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn load_locks(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, ticket: Ticket, doc: DocId) {
+    let exec = exec.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(move || exec.load_locks(&doc))
+            .await
+            .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
+        let _ = tx.send(HubEvent::LocksLoaded { ticket, result }).await;
+    });
+}
+
+/// Runs a mutation from the HTTP API through the hub (in order with every other write).
+#[allow(dead_code)]
+pub(crate) async fn mutate_external(
+    tx: &mpsc::Sender<HubEvent>,
+    mutation: ExternalMutation,
+) -> Result<MutationOutcome, Refusal> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(HubEvent::ExternalMutate { mutation, reply })
+        .await
+        .map_err(|_| Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down"))?;
+    rx.await
+        .map_err(|_| Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down"))?
 }
 
 fn catchup(

@@ -146,8 +146,11 @@ pub async fn start_with_log(
         })?;
     let addr = listener.local_addr().map_err(ServerError::Start)?;
     let hub = Hub::new(config.hub.clone(), Box::new(DevAuthenticator));
-    let (hub_tx, ready, tasks) =
-        hub_task::spawn(hub, LogExecutor::new(log.clone())).map_err(ServerError::Start)?;
+    let (hub_tx, ready, tasks) = hub_task::spawn(
+        hub,
+        LogExecutor::new(log.clone()).with_mutators(config.mutators.clone()),
+    )
+    .map_err(ServerError::Start)?;
     let state = AppState {
         hub: hub_tx.clone(),
         ready,

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use automerge::{ActorId, AutoCommit};
 use converge_core::{
-    ClientSession, DevAuthenticator, Hub, HubConfig, Output, SessionConfig, SessionEvent, Ticket,
-    apply_incoming, changes_since,
+    ClientSession, Ctx, DevAuthenticator, Hub, HubConfig, Mutators, Output, QueuedMutation,
+    SessionConfig, SessionEvent, Ticket, apply_incoming, changes_since,
 };
 use converge_log::{Durable, EventLog, Log, LogConfig, MemStorage};
 use converge_proto::{
-    Blob, ClientId, DocId, MAX_FRAME_CEILING, Position, SessionId, decode_client, decode_server,
-    encode_client,
+    Blob, ClientId, DocId, MAX_FRAME_CEILING, MutationId, MutationOutcome, Position, Seq,
+    SessionId, UserId, decode_client, decode_server, encode_client,
 };
 use converge_server::LogExecutor;
 use rand::rngs::StdRng;
@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub max_delay_ms: u64,
     /// Per step, the chance that a random connection drops.
     pub drop_chance: f64,
+    /// Mutators the server and every client run.
+    pub mutators: Mutators,
 }
 
 impl Default for SimConfig {
@@ -60,6 +62,7 @@ impl Default for SimConfig {
             clients: 2,
             max_delay_ms: 20,
             drop_chance: 0.0,
+            mutators: Mutators::new(),
         }
     }
 }
@@ -70,6 +73,9 @@ struct ClientStore {
     doc: Vec<u8>,
     position: Option<Position>,
     pending: Vec<Vec<u8>>,
+    /// Mutations not answered, and the last id given out.
+    mutations: Vec<QueuedMutation>,
+    last_mutation: u64,
 }
 
 struct Client {
@@ -79,6 +85,11 @@ struct Client {
     store: ClientStore,
     link: Option<usize>,
     online: bool,
+    /// Applied mutations whose change the document does not hold yet (their seq): still
+    /// part of the speculative view.
+    awaiting: Vec<(QueuedMutation, Seq)>,
+    /// Every result this client heard, in order (not persisted: what the app was told).
+    results: Vec<(MutationId, MutationOutcome)>,
 }
 
 struct Link {
@@ -89,25 +100,39 @@ struct Link {
     open: bool,
 }
 
-/// An append the executor ran: its result and the ticket to wait on, or its refusal.
-type Executed = Result<(converge_core::Appended, Durable), converge_core::Refusal>;
+/// A log write the executor ran, waiting for the flush that makes it durable.
+enum Unflushed {
+    Append(
+        Ticket,
+        Vec<Blob>,
+        Result<(converge_core::Appended, Durable), converge_core::Refusal>,
+    ),
+    Mutate(
+        Ticket,
+        Result<(converge_core::Mutated, Durable), converge_core::Refusal>,
+    ),
+    Locks(
+        Ticket,
+        Result<(converge_core::LocksRecorded, Durable), converge_core::Refusal>,
+    ),
+}
 
 struct Server {
     storage: MemStorage,
     log: Arc<Log>,
     exec: LogExecutor,
     hub: Hub,
-    /// Appends executed and waiting for the flush that makes them durable.
-    unflushed: VecDeque<(Ticket, Vec<Blob>, Executed)>,
+    /// Writes executed and waiting for the flush that makes them durable.
+    unflushed: VecDeque<Unflushed>,
     catchups: VecDeque<(Ticket, DocId, Option<Position>)>,
     /// Reconciliation sync messages waiting for the executor.
     reconciles: VecDeque<(Ticket, DocId, SessionId, Blob)>,
 }
 
 impl Server {
-    fn open(storage: MemStorage) -> Result<Self, SimError> {
+    fn open(storage: MemStorage, mutators: &Mutators) -> Result<Self, SimError> {
         let log = Arc::new(Log::open_in_memory(&storage, LogConfig::default())?);
-        let exec = LogExecutor::new(log.clone());
+        let exec = LogExecutor::new(log.clone()).with_mutators(mutators.clone());
         Ok(Server {
             storage,
             log,
@@ -144,7 +169,7 @@ impl std::fmt::Debug for Sim {
 impl Sim {
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let server = Server::open(MemStorage::new())?;
+        let server = Server::open(MemStorage::new(), &config.mutators)?;
         let clients = (0..config.clients)
             .map(|i| {
                 let actor = ActorId::from(rng.random::<[u8; 16]>().to_vec());
@@ -161,6 +186,8 @@ impl Sim {
                     store: ClientStore::default(),
                     link: None,
                     online: true,
+                    awaiting: Vec::new(),
+                    results: Vec::new(),
                 }
             })
             .collect();
@@ -205,6 +232,60 @@ impl Sim {
         Ok(())
     }
 
+    /// Client `i` calls a mutator: stored, queued, and (when live) sent. Returns its id.
+    pub fn mutate(&mut self, i: usize, name: &str, args: Vec<u8>) -> MutationId {
+        let c = &mut self.clients[i];
+        let id = c.session.next_mutation_id(&DOC);
+        let m = QueuedMutation {
+            id,
+            name: name.to_string(),
+            args,
+            fence: None,
+        };
+        c.store.mutations.push(m.clone());
+        c.store.last_mutation = id.get();
+        c.session.add_mutation(DOC, m);
+        self.pump_client(i);
+        id
+    }
+
+    /// What client `i`'s app shows: its document plus every mutation not yet in it, run
+    /// again in id order on a copy (the optimistic view after a rebase).
+    pub fn view(&mut self, i: usize) -> AutoCommit {
+        let now_ms = self.now_ms;
+        let c = &mut self.clients[i];
+        let mut view = c.doc.fork();
+        let ctx = Ctx {
+            user: UserId::new(format!("user{i}")).unwrap_or_else(|_| UserId::server()),
+            client: c.session.client_id(),
+            session: None,
+            now_ms,
+            lock: None,
+        };
+        let awaiting = c.awaiting.iter().map(|(m, _)| m);
+        for m in awaiting.chain(c.store.mutations.iter()) {
+            if self
+                .config
+                .mutators
+                .run(&m.name, &mut view, &m.args, &ctx)
+                .is_ok()
+            {
+                view.commit();
+            }
+        }
+        view
+    }
+
+    /// Every mutation result client `i` heard, in order.
+    pub fn results(&self, i: usize) -> &[(MutationId, MutationOutcome)] {
+        &self.clients[i].results
+    }
+
+    /// Mutations client `i` has not had answered.
+    pub fn pending_mutations(&self, i: usize) -> usize {
+        self.clients[i].store.mutations.len()
+    }
+
     /// Takes client `i` offline (it stays offline until [`Sim::set_online`]).
     pub fn set_online(&mut self, i: usize, online: bool) {
         self.clients[i].online = online;
@@ -236,7 +317,14 @@ impl Sim {
             SessionConfig::default(),
         );
         session.open(DOC, c.store.position, c.store.pending.clone());
+        session.restore_mutations(
+            DOC,
+            MutationId(c.store.last_mutation),
+            c.store.mutations.clone(),
+        );
         c.session = session;
+        // In-memory only: the change arrives again through the catch-up.
+        c.awaiting.clear();
         Ok(())
     }
 
@@ -258,9 +346,9 @@ impl Sim {
         let storage = self.server.storage.clone();
         // Drop the old log before the crash so its flusher does not write afterwards.
         self.server.unflushed.clear();
-        self.server = Server::open(MemStorage::new())?; // placeholder so the old one drops
+        self.server = Server::open(MemStorage::new(), &self.config.mutators)?; // placeholder so the old one drops
         storage.crash();
-        self.server = Server::open(storage)?;
+        self.server = Server::open(storage, &self.config.mutators)?;
         Ok(())
     }
 
@@ -276,7 +364,7 @@ impl Sim {
     /// reconcile when they come back.
     pub fn restore_server(&mut self, backup: &MemStorage) -> Result<(), SimError> {
         self.drop_all_links();
-        self.server = Server::open(backup.backup())?;
+        self.server = Server::open(backup.backup(), &self.config.mutators)?;
         match self.server.log.bump_epoch(&DOC) {
             Ok((_, durable)) => durable.wait()?,
             // The backup predates the document: its first push creates it afresh.
@@ -321,7 +409,7 @@ impl Sim {
                     c.session.must_reconcile(&DOC),
                     c.session.is_reconciling(&DOC),
                     c.session.pending_count(&DOC)
-                )
+                ) + &format!(" mutations {}", c.session.pending_mutations(&DOC).len())
             })
             .collect();
         Err(SimError::NotQuiescent(
@@ -350,7 +438,8 @@ impl Sim {
                     || (c.link.is_some()
                         && c.session.is_live(&DOC)
                         && !c.session.is_reconciling(&DOC)
-                        && c.session.pending_count(&DOC) == 0)
+                        && c.session.pending_count(&DOC) == 0
+                        && c.session.pending_mutations(&DOC).is_empty())
             })
     }
 
@@ -420,6 +509,20 @@ impl Sim {
         }
         while let Some(ev) = c.session.poll_event() {
             match ev {
+                SessionEvent::MutationResult { id, outcome, .. } => {
+                    // Off the durable queue; an applied one stays in the view until the
+                    // document holds its change.
+                    if let Some(k) = c.store.mutations.iter().position(|m| m.id == id) {
+                        let m = c.store.mutations.remove(k);
+                        let held = c.store.position.map_or(Seq(0), |p| p.seq);
+                        if let MutationOutcome::Applied { seq } = &outcome
+                            && *seq > held
+                        {
+                            c.awaiting.push((m, *seq));
+                        }
+                    }
+                    c.results.push((id, outcome));
+                }
                 SessionEvent::Acked {
                     position: Some(p), ..
                 }
@@ -465,7 +568,9 @@ impl Sim {
                         .server
                         .exec
                         .append(&doc, &author, self.now_ms, &changes, relayed);
-                    self.server.unflushed.push_back((ticket, changes, r));
+                    self.server
+                        .unflushed
+                        .push_back(Unflushed::Append(ticket, changes, r));
                 }
                 Output::Catchup { ticket, doc, after } => {
                     self.server.catchups.push_back((ticket, doc, after));
@@ -481,6 +586,25 @@ impl Sim {
                         .push_back((ticket, doc, session, bytes));
                 }
                 Output::Release { doc } => self.server.exec.evict(&doc),
+                Output::Mutate { ticket, request } => {
+                    let r = self.server.exec.mutate(&request);
+                    self.server
+                        .unflushed
+                        .push_back(Unflushed::Mutate(ticket, r));
+                }
+                Output::RecordLocks {
+                    ticket,
+                    doc,
+                    changes,
+                } => {
+                    let r = self.server.exec.record_locks(&doc, &changes, self.now_ms);
+                    self.server.unflushed.push_back(Unflushed::Locks(ticket, r));
+                }
+                Output::LoadLocks { ticket, doc } => {
+                    let r = self.server.exec.load_locks(&doc);
+                    self.server.hub.handle_locks_loaded(ticket, r, self.now_ms);
+                }
+                Output::MutationDone { .. } => {}
             }
         }
     }
@@ -493,15 +617,26 @@ impl Sim {
 
     /// A group-commit flush: every executed append becomes durable and is reported in order.
     fn flush_server(&mut self) {
-        while let Some((ticket, changes, r)) = self.server.unflushed.pop_front() {
-            let result = match r {
-                Ok((appended, durable)) => durable
-                    .wait()
-                    .map(|()| appended)
-                    .map_err(|e| converge_server::refusal(&e)),
-                Err(refusal) => Err(refusal),
-            };
-            self.server.hub.handle_appended(ticket, &changes, result);
+        fn durable<T>(
+            r: Result<(T, Durable), converge_core::Refusal>,
+        ) -> Result<T, converge_core::Refusal> {
+            let (v, d) = r?;
+            d.wait()
+                .map(|()| v)
+                .map_err(|e| converge_server::refusal(&e))
+        }
+        while let Some(w) = self.server.unflushed.pop_front() {
+            match w {
+                Unflushed::Append(ticket, changes, r) => {
+                    self.server
+                        .hub
+                        .handle_appended(ticket, &changes, durable(r));
+                }
+                Unflushed::Mutate(ticket, r) => self.server.hub.handle_mutated(ticket, durable(r)),
+                Unflushed::Locks(ticket, r) => {
+                    self.server.hub.handle_locks_recorded(ticket, durable(r));
+                }
+            }
         }
         self.pump_server();
     }
@@ -589,6 +724,9 @@ impl Sim {
                     if batch.persist_position {
                         c.store.position = Some(batch.position);
                     }
+                    // The document now holds these mutations' changes: out of the view.
+                    let through = batch.position.seq;
+                    c.awaiting.retain(|(_, seq)| *seq > through);
                     if batch.reconcile {
                         c.session.begin_reconcile(DOC, c.doc.document());
                     }

@@ -34,6 +34,7 @@ fn sim(seed: u64, clients: usize, drop_chance: f64) -> Sim {
         clients,
         max_delay_ms: 20,
         drop_chance,
+        ..SimConfig::default()
     })
     .unwrap()
 }

@@ -110,6 +110,7 @@ pub async fn subscribe(ws: &mut Ws, doc: DocId, after: Option<Position>) -> (Vec
     }
 }
 
+#[allow(unused_imports)]
 pub use converge_tests::Writer;
 
 pub fn blobs(v: &[Vec<u8>]) -> Vec<Blob> {

@@ -15,10 +15,17 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 use converge_proto::{
     Blob, ChangeHash, ClientId, ClientMsg, CloseCode, DocId, Epoch, ErrorCode, FrameError, Limits,
-    PROTOCOL_VERSION, Position, Seq, ServerMsg, SessionId, UserId, decode_client, encode_server,
+    MutationOutcome, PROTOCOL_VERSION, Position, Seq, ServerMsg, SessionId, UserId, decode_client,
+    encode_server,
 };
 
 use crate::auth::{Authenticator, Identity};
+use crate::locks::{LockChange, LockHolder, LockTable};
+use crate::presence::PresenceTable;
+
+mod ops;
+
+pub use ops::{ExternalMutation, LocksRecorded, Mutated, MutationRequest};
 
 /// A request to the shell, answered by a `handle_*` call carrying the same ticket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +74,28 @@ pub enum Output {
         ticket: Ticket,
         doc: DocId,
         after: Option<Position>,
+    },
+    /// Run a mutation against the document as the log holds it and log its outcome (and
+    /// its change) in one batch, then report with [`Hub::handle_mutated`]. Executed in
+    /// emission order together with `Append` and `RecordLocks`, like an append.
+    Mutate {
+        ticket: Ticket,
+        request: MutationRequest,
+    },
+    /// Log these lock events in order, all or nothing, then report with
+    /// [`Hub::handle_locks_recorded`]. Executed in emission order, like an append.
+    RecordLocks {
+        ticket: Ticket,
+        doc: DocId,
+        changes: Vec<LockChange>,
+    },
+    /// Read the document's lock table from the log, then report with
+    /// [`Hub::handle_locks_loaded`].
+    LoadLocks { ticket: Ticket, doc: DocId },
+    /// The outcome of a mutation from outside any session ([`Hub::mutate_external`]).
+    MutationDone {
+        ticket: Ticket,
+        result: Result<MutationOutcome, Refusal>,
     },
 }
 
@@ -149,6 +178,11 @@ pub struct HubConfig {
     /// `RateLimited` (the reference client keeps one in flight). Bounds what a client that
     /// streams pushes without waiting for Acks can queue on the server.
     pub max_pushes_in_flight: u32,
+    /// Mutations one session may have waiting per document; more are refused with
+    /// `RateLimited` (the reference client keeps a window below this).
+    pub max_mutations_in_flight: u32,
+    /// Largest presence state in bytes; a larger one is refused with `PresenceTooLarge`.
+    pub max_presence_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -165,6 +199,8 @@ impl Default for HubConfig {
             hello_timeout_ms: 10_000,
             replay_frame_bytes: 256 * 1024,
             max_pushes_in_flight: 16,
+            max_mutations_in_flight: 64,
+            max_presence_bytes: 4096,
         }
     }
 }
@@ -193,6 +229,8 @@ struct Session {
     reconciling: HashMap<DocId, u32>,
     /// Pushes handed to the shell and not yet answered, per document.
     pushes_in_flight: HashMap<DocId, u32>,
+    /// Mutations handed to the shell and not yet answered, per document.
+    mutations_in_flight: HashMap<DocId, u32>,
     last_seen_ms: u64,
     closed: bool,
 }
@@ -212,6 +250,8 @@ enum Item {
         heads: Vec<ChangeHash>,
         new: Option<(Seq, Seq)>,
     },
+    /// A frame that must follow the entries before it (a mutation result, a lock state).
+    Frame(Bytes),
 }
 
 #[derive(Debug)]
@@ -228,6 +268,32 @@ enum Sub {
 struct Doc {
     subs: HashMap<SessionId, Sub>,
     epoch: Option<Epoch>,
+    presence: PresenceTable,
+}
+
+/// A document's lock table, kept while it holds a lock or has a lock event in flight, also
+/// when nobody subscribes (leases still run out and are logged as expired).
+#[derive(Debug, Default)]
+struct LockDoc {
+    /// `None` while it is being read from the log.
+    table: Option<LockTable>,
+    /// Requests that need the table, waiting for it to load.
+    held: Vec<Held>,
+    /// Lock events handed to the shell and not answered.
+    in_flight: u32,
+}
+
+#[derive(Debug)]
+enum Held {
+    Msg(SessionId, ClientMsg),
+    External(Ticket, ExternalMutation),
+}
+
+/// Where a mutation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Session(SessionId),
+    External,
 }
 
 #[derive(Debug)]
@@ -251,6 +317,20 @@ enum Pending {
         session: SessionId,
         then: Option<Option<Blob>>,
     },
+    Mutate {
+        doc: DocId,
+        origin: Origin,
+        mutation_id: converge_proto::MutationId,
+    },
+    /// Lock events being logged; `session` asked for the last of them.
+    Locks {
+        doc: DocId,
+        session: Option<SessionId>,
+        changes: Vec<LockChange>,
+    },
+    LoadLocks {
+        doc: DocId,
+    },
 }
 
 /// The server hub. See the module docs for the contract.
@@ -260,6 +340,7 @@ pub struct Hub {
     auth: Box<dyn Authenticator>,
     sessions: HashMap<SessionId, Session>,
     docs: HashMap<DocId, Doc>,
+    locks: HashMap<DocId, LockDoc>,
     pending: HashMap<Ticket, Pending>,
     out: VecDeque<Output>,
     next_session: u64,
@@ -274,6 +355,7 @@ impl Hub {
             auth,
             sessions: HashMap::new(),
             docs: HashMap::new(),
+            locks: HashMap::new(),
             pending: HashMap::new(),
             out: VecDeque::new(),
             next_session: 1,
@@ -298,6 +380,7 @@ impl Hub {
                 docs: BTreeSet::new(),
                 reconciling: HashMap::new(),
                 pushes_in_flight: HashMap::new(),
+                mutations_in_flight: HashMap::new(),
                 last_seen_ms: now_ms,
                 closed: false,
             },
@@ -315,6 +398,8 @@ impl Hub {
                 self.drop_sub(&doc, session);
             }
         }
+        // Offline clients hold no locks.
+        self.release_locks_of(session);
     }
 
     /// A binary frame arrived.
@@ -364,8 +449,12 @@ impl Hub {
         self.close(session, e.close_code(), &e.to_string());
     }
 
-    /// Time passes: closes connections that never said Hello or went silent.
+    /// Time passes: closes connections that never said Hello or went silent, sends
+    /// coalesced presence, drops expired presence and logs expired leases. Call it at least
+    /// every second, and at [`Hub::next_wake_ms`].
     pub fn tick(&mut self, now_ms: u64) {
+        self.presence_due(now_ms);
+        self.expire_locks(now_ms);
         let silent = self.config.heartbeat_ms.saturating_mul(2);
         let mut expired = Vec::new();
         for (id, s) in &self.sessions {
@@ -404,10 +493,15 @@ impl Hub {
     /// Whether shutdown began and every accepted push has been answered.
     pub fn drained(&self) -> bool {
         self.shutting_down
-            && !self
-                .pending
-                .values()
-                .any(|p| matches!(p, Pending::Push { .. } | Pending::Relay { .. }))
+            && !self.pending.values().any(|p| {
+                matches!(
+                    p,
+                    Pending::Push { .. }
+                        | Pending::Relay { .. }
+                        | Pending::Mutate { .. }
+                        | Pending::Locks { .. }
+                )
+            })
     }
 
     fn finish_shutdown(&mut self) {
@@ -482,20 +576,17 @@ impl Hub {
             }
             ClientMsg::Push { doc, changes } => self.push(session, doc, changes),
             ClientMsg::SyncMsg { doc, bytes } => self.sync_msg(session, doc, bytes),
+            msg @ (ClientMsg::Mutate { .. }
+            | ClientMsg::Lock { .. }
+            | ClientMsg::RenewLock { .. }
+            | ClientMsg::Unlock { .. }) => self.lock_or_mutate(session, msg, now_ms),
+            ClientMsg::Presence { doc, state } => self.presence(session, doc, state, now_ms),
             other => {
-                let doc = match &other {
-                    ClientMsg::Mutate { doc, .. }
-                    | ClientMsg::Lock { doc, .. }
-                    | ClientMsg::RenewLock { doc, .. }
-                    | ClientMsg::Unlock { doc, .. }
-                    | ClientMsg::Presence { doc, .. } => Some(*doc),
-                    _ => None,
-                };
                 self.error(
                     session,
                     ErrorCode::Internal,
                     &format!("{} is not implemented by this server yet", other.kind()),
-                    doc,
+                    None,
                 );
             }
         }
@@ -577,6 +668,7 @@ impl Hub {
         self.pending
             .insert(ticket, Pending::Catchup { doc, session });
         self.out.push_back(Output::Catchup { ticket, doc, after });
+        self.load_locks(doc);
     }
 
     fn push(&mut self, session: SessionId, doc: DocId, changes: Vec<Blob>) {
@@ -945,9 +1037,11 @@ impl Hub {
             .get_mut(&doc)
             .and_then(|d| d.subs.get_mut(&session))
         else {
-            // Not subscribed any more; an Ack still goes to the pusher.
-            if let Item::Ack { upto, heads, new } = item {
-                self.send_ack(session, doc, upto, heads, new);
+            // Not subscribed any more; an Ack or a result still goes to the session.
+            match item {
+                Item::Ack { upto, heads, new } => self.send_ack(session, doc, upto, heads, new),
+                Item::Frame(frame) => self.send_frame(session, frame),
+                Item::Changes { .. } => {}
             }
             return;
         };
@@ -959,7 +1053,7 @@ impl Hub {
 
     fn send_item(&mut self, doc: DocId, session: SessionId, item: Item) {
         match item {
-            Item::Changes { frame, .. } => self.send_frame(session, frame),
+            Item::Changes { frame, .. } | Item::Frame(frame) => self.send_frame(session, frame),
             Item::Ack { upto, heads, new } => self.send_ack(session, doc, upto, heads, new),
         }
     }
@@ -1051,6 +1145,9 @@ impl Hub {
                 seq: through,
             },
         );
+        // The document's locks and presence as they are now, before anything newer.
+        self.send_lock_table(doc, session);
+        self.send_presence_snapshot(doc, session);
         // What was released while the read ran, minus what the read covered.
         for item in queued {
             match item {
@@ -1077,6 +1174,7 @@ impl Hub {
                         },
                     );
                 }
+                Item::Frame(frame) => self.send_frame(session, frame),
                 Item::Ack { upto, heads, new } => {
                     // The client's own changes the read already covered are not "new" to it.
                     let new = new
@@ -1133,12 +1231,17 @@ impl Hub {
     }
 
     fn drop_sub(&mut self, doc: &DocId, session: SessionId) {
-        if let Some(d) = self.docs.get_mut(doc) {
-            d.subs.remove(&session);
-            if d.subs.is_empty() {
-                self.docs.remove(doc);
-                self.out.push_back(Output::Release { doc: *doc });
-            }
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        d.subs.remove(&session);
+        let left = d.presence.remove(session);
+        if d.subs.is_empty() {
+            self.docs.remove(doc);
+            self.out.push_back(Output::Release { doc: *doc });
+            self.forget_locks_if_idle(doc);
+        } else if let Some(out) = left {
+            self.broadcast_presence(*doc, out);
         }
     }
 
