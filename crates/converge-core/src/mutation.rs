@@ -140,6 +140,27 @@ pub trait Mutator: 'static {
 }
 
 type RunFn = fn(&mut AutoCommit, &[u8], &Ctx) -> Result<(), Rejection>;
+type EncodeFn = fn(&mut dyn erased_serde::Deserializer<'_>) -> Result<Vec<u8>, Rejection>;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    run: RunFn,
+    encode: EncodeFn,
+}
+
+/// Reads `M`'s arguments from any serde format and encodes them for the wire.
+fn encode_typed<M: Mutator>(
+    de: &mut dyn erased_serde::Deserializer<'_>,
+) -> Result<Vec<u8>, Rejection> {
+    let args: M::Args = erased_serde::deserialize(de).map_err(|e| {
+        Rejection::with_code(
+            ErrorCode::BadArgs,
+            format!("arguments for {:?} do not fit: {e}", M::NAME),
+        )
+    })?;
+    converge_proto::encode_args(&args)
+        .map_err(|e| Rejection::with_code(ErrorCode::BadArgs, e.to_string()))
+}
 
 fn run_typed<M: Mutator>(doc: &mut AutoCommit, args: &[u8], ctx: &Ctx) -> Result<(), Rejection> {
     let args: M::Args = converge_proto::decode_args(args).map_err(|e| {
@@ -154,7 +175,7 @@ fn run_typed<M: Mutator>(doc: &mut AutoCommit, args: &[u8], ctx: &Ctx) -> Result
 /// The mutators a client or server knows, by name.
 #[derive(Clone, Default)]
 pub struct Mutators {
-    by_name: BTreeMap<&'static str, RunFn>,
+    by_name: BTreeMap<&'static str, Entry>,
 }
 
 impl fmt::Debug for Mutators {
@@ -170,7 +191,13 @@ impl Mutators {
 
     /// Adds a mutator (a later one with the same name replaces it).
     pub fn register<M: Mutator>(&mut self) -> &mut Self {
-        self.by_name.insert(M::NAME, run_typed::<M>);
+        self.by_name.insert(
+            M::NAME,
+            Entry {
+                run: run_typed::<M>,
+                encode: encode_typed::<M>,
+            },
+        );
         self
     }
 
@@ -181,6 +208,22 @@ impl Mutators {
     /// Registered names, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         self.by_name.keys().copied().collect()
+    }
+
+    /// Encodes arguments for the mutator `name` from another serde format (the HTTP API
+    /// passes JSON): `UnknownMutator`, or `BadArgs` if they do not fit its `Args` type.
+    pub fn encode_args_from(
+        &self,
+        name: &str,
+        de: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<Vec<u8>, Rejection> {
+        let Some(entry) = self.by_name.get(name) else {
+            return Err(Rejection::with_code(
+                ErrorCode::UnknownMutator,
+                format!("no mutator named {name:?} is registered"),
+            ));
+        };
+        (entry.encode)(de)
     }
 
     /// Runs a mutator by name as one all-or-nothing edit of `doc`:
@@ -200,7 +243,7 @@ impl Mutators {
         args: &[u8],
         ctx: &Ctx,
     ) -> Result<(), Rejection> {
-        let Some(run) = self.by_name.get(name) else {
+        let Some(Entry { run, .. }) = self.by_name.get(name) else {
             return Err(Rejection::with_code(
                 ErrorCode::UnknownMutator,
                 format!("no mutator named {name:?} is registered"),

@@ -72,6 +72,9 @@ code_enum!(
         DuplicateHello = 1005,
         /// A text frame: the protocol is binary only.
         TextFrame = 1006,
+        /// An HTTP request is malformed (a required header missing, a body that is not the
+        /// documented JSON).
+        BadRequest = 1007,
         // 2xxx: identity and permission (the auth issue fills these in)
         /// No token, or a token that does not verify.
         Unauthorized = 2000,

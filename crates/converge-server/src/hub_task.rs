@@ -489,7 +489,6 @@ fn load_locks(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, ticket: Ticket, d
 }
 
 /// Runs a mutation from the HTTP API through the hub (in order with every other write).
-#[allow(dead_code)]
 pub(crate) async fn mutate_external(
     tx: &mpsc::Sender<HubEvent>,
     mutation: ExternalMutation,

@@ -18,6 +18,7 @@
 mod config;
 mod connection;
 mod executor;
+mod http;
 mod hub_task;
 mod server;
 

@@ -37,10 +37,10 @@ pub enum ServerError {
 }
 
 #[derive(Clone)]
-struct AppState {
-    hub: mpsc::Sender<HubEvent>,
+pub(crate) struct AppState {
+    pub(crate) hub: mpsc::Sender<HubEvent>,
     ready: watch::Receiver<bool>,
-    config: Arc<ServerConfig>,
+    pub(crate) config: Arc<ServerConfig>,
 }
 
 /// A running server.
@@ -182,6 +182,12 @@ fn router(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/api/docs/{id}/mutations",
+            axum::routing::post(crate::http::mutate).layer(axum::extract::DefaultBodyLimit::max(
+                crate::http::MAX_BODY_BYTES,
+            )),
+        )
         .with_state(state)
 }
 

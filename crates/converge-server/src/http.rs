@@ -1,0 +1,154 @@
+//! The HTTP API for backends (docs/openapi.yaml). JSON in, JSON out; every error is a body
+//! `{"code": <ErrorCode number>, "error": <its name>, "message": ...}`.
+//!
+//! `POST /api/docs/{id}/mutations`: runs a mutator on a document, in order with everything
+//! else the hub does, exactly once per `Idempotency-Key`: the key names a virtual client
+//! (a hash of the caller and the key) whose one mutation has id 1, so a retry with the same
+//! key is a duplicate and gets the recorded outcome again, whatever its body says.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use converge_core::{Authenticator, DevAuthenticator, ExternalMutation};
+use converge_proto::limits::MAX_NAME_BYTES;
+use converge_proto::{Blob, ClientId, DocId, ErrorCode, FencingToken, MutationId, MutationOutcome};
+use serde::Deserialize;
+
+use crate::hub_task::{self, now_ms};
+use crate::server::AppState;
+
+/// Largest JSON body of a mutation request.
+pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The body of `POST /api/docs/{id}/mutations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MutationBody {
+    name: String,
+    /// The mutator's arguments, as JSON of its `Args` type.
+    args: serde_json::Value,
+    #[serde(default)]
+    fence: Option<u64>,
+}
+
+/// An error response.
+pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({
+        "code": code.code(),
+        "error": code.name(),
+        "message": message.into(),
+    });
+    (status, Json(body)).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+pub(crate) async fn mutate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    // The same rule as a WebSocket Hello (the dev authenticator until JWT auth lands).
+    let identity = match DevAuthenticator.authenticate(bearer(&headers), now_ms()) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e.code, e.message),
+    };
+    let Ok(doc) = id.parse::<DocId>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownDoc,
+            format!("{id:?} is not a document id"),
+        );
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_NAME_BYTES => k.to_string(),
+        Some(Ok(k)) if k.len() > MAX_NAME_BYTES => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::FieldTooLong,
+                format!("the Idempotency-Key is at most {MAX_NAME_BYTES} bytes"),
+            );
+        }
+        _ => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BadRequest,
+                "an Idempotency-Key header (1 to 256 visible ASCII characters) is required",
+            );
+        }
+    };
+    let body: MutationBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BadRequest,
+                format!("the body is not {{\"name\", \"args\", \"fence\"?}}: {e}"),
+            );
+        }
+    };
+    let mut de = <dyn erased_serde::Deserializer>::erase(body.args);
+    let args = match state.config.mutators.encode_args_from(&body.name, &mut de) {
+        Ok(a) => a,
+        Err(r) => return error(StatusCode::UNPROCESSABLE_ENTITY, r.code, r.message),
+    };
+    let client = idempotency_client(identity.user.as_str(), &key);
+    let mutation = ExternalMutation {
+        doc,
+        user: identity.user,
+        client,
+        mutation_id: MutationId(1),
+        name: body.name,
+        args: Blob(args),
+        fence: body.fence.map(FencingToken),
+    };
+    match hub_task::mutate_external(&state.hub, mutation).await {
+        Ok(MutationOutcome::Applied { seq }) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"outcome": "applied", "seq": seq.get()})),
+        )
+            .into_response(),
+        Ok(MutationOutcome::Rejected { code, message }) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "outcome": "rejected",
+                "code": code.code(),
+                "error": code.name(),
+                "message": message,
+            })),
+        )
+            .into_response(),
+        Err(r) => {
+            let status = match r.code {
+                ErrorCode::ShuttingDown | ErrorCode::StorageFailed => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                ErrorCode::DocDeleted | ErrorCode::UnknownDoc => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, r.code, r.message)
+        }
+    }
+}
+
+/// The virtual client of one idempotency key: the same caller and key always name the same
+/// client, whose single mutation is id 1.
+fn idempotency_client(user: &str, key: &str) -> ClientId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"converge idempotency key\0");
+    h.update(user.as_bytes());
+    h.update(b"\0");
+    h.update(key.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    ClientId::from_bytes(id)
+}
