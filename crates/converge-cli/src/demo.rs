@@ -1,5 +1,7 @@
 //! `converge demo`: two clients edit one schedule, one of them offline for a while; both
-//! converge. Without --server it starts its own server on a temporary directory.
+//! converge. Then both book the same bed while offline: the server applies one booking,
+//! rejects the other, and the loser's view rolls back. Without --server it starts its own
+//! server on a temporary directory.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use converge_client::automerge::transaction::Transactable;
 use converge_client::automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
-use converge_client::{Client, ClientConfig};
+use converge_client::{Client, ClientConfig, Mutators};
+use converge_schema::{BookEvent, Schedule};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -40,6 +43,7 @@ async fn demo(server: Option<String>) -> anyhow::Result<ExitCode> {
             let config = converge_server::ServerConfig {
                 addr: "127.0.0.1:0".parse()?,
                 data_dir: tmp.path().join("server"),
+                mutators: mutators(),
                 ..Default::default()
             };
             let s = converge_server::start(config).await?;
@@ -48,7 +52,9 @@ async fn demo(server: Option<String>) -> anyhow::Result<ExitCode> {
     };
     println!("server: {url}");
     let config = || {
-        ClientConfig::default().with_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        ClientConfig::default()
+            .with_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .with_mutators(mutators())
     };
 
     let alice = Client::connect_with(
@@ -122,16 +128,117 @@ async fn demo(server: Option<String>) -> anyhow::Result<ExitCode> {
     println!("alice sees: {}", serde_json::to_string_pretty(&a)?);
     println!("bob sees:   {}", serde_json::to_string_pretty(&b)?);
     let converged = a == b && doc.heads() == bob_doc.heads();
+    drop((doc, bob_doc));
     alice.shutdown().await?;
     bob.shutdown().await?;
-    if let Some(s) = own {
-        s.shutdown().await?;
-    }
     if !converged {
         bail!("the two views differ");
     }
     println!("converged: both clients hold the same document");
+
+    double_booking(&url, tmp.path(), &config).await?;
+    if let Some(s) = own {
+        s.shutdown().await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The mutators of converge-schema, on both sides.
+fn mutators() -> Mutators {
+    let mut m = Mutators::new();
+    converge_schema::register_all(&mut m);
+    m
+}
+
+fn booked(d: &AutoCommit) -> Vec<String> {
+    converge_schema::read::<Schedule>(d)
+        .map(|s| {
+            s.events
+                .values()
+                .map(|e| e.title.as_str().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two offline clients book the same bed; the server keeps "a bed is booked once".
+async fn double_booking(
+    url: &str,
+    dir: &std::path::Path,
+    config: &dyn Fn() -> ClientConfig,
+) -> anyhow::Result<()> {
+    println!("\n-- two offline clients book the same bed --");
+    let (ana_store, ben_store) = (dir.join("ana"), dir.join("ben"));
+    let ana = Client::connect_with(url, Some("ana".into()), &ana_store, config()).await?;
+    let (doc, created) = ana
+        .create_doc(|d| converge_schema::create(d, &Schedule::new("Beds", "Europe/Paris")))
+        .await?;
+    created?;
+    let id = doc.id();
+    within(doc.wait_until_confirmed()).await?;
+    let ben = Client::connect_with(url, Some("ben".into()), &ben_store, config()).await?;
+    let ben_doc = ben.doc(id).await?;
+    within(ben_doc.wait_for(|d| converge_schema::read::<Schedule>(d).is_ok())).await?;
+    drop((doc, ben_doc));
+    ana.shutdown().await?;
+    ben.shutdown().await?;
+
+    // Both offline: each books bed 1 from 22:00 to 06:00 and sees its own booking at once.
+    let nowhere = unused_url()?;
+    for (who, store) in [("ana", &ana_store), ("ben", &ben_store)] {
+        let c = Client::connect_with(&nowhere, Some(who.into()), store, config()).await?;
+        let d = c.doc(id).await?;
+        d.mutate::<BookEvent>(&BookEvent {
+            id: format!("{who}-night"),
+            title: format!("{who}: night shift, bed 1"),
+            resource: "bed-1".into(),
+            start: 1_795_384_800_000,
+            end: 1_795_413_600_000,
+            attendees: vec![who.into()],
+        })?;
+        println!("{who} (offline) sees: {:?}", d.read(booked));
+        drop(d);
+        c.shutdown().await?;
+    }
+
+    // Both come back: the queued bookings replay; the server applies the first it gets.
+    let ana = Client::connect_with(url, Some("ana".into()), &ana_store, config()).await?;
+    let ben = Client::connect_with(url, Some("ben".into()), &ben_store, config()).await?;
+    let (a, b) = (ana.doc(id).await?, ben.doc(id).await?);
+    let settled = |h: &converge_client::DocHandle| h.pending_operations().is_empty();
+    within(async {
+        while !(settled(&a)
+            && settled(&b)
+            && a.read(booked) == b.read(booked)
+            && a.read(booked).len() == 1)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("both bookings decided and the views converged")?;
+    let winner = a.read(booked);
+    for (who, h) in [("ana", &a), ("ben", &b)] {
+        let mine = h.read(booked).iter().any(|t| t.starts_with(who));
+        println!(
+            "{who}: booking {}; view now: {:?}",
+            if mine {
+                "Applied"
+            } else {
+                "Rejected (overlaps), rolled back"
+            },
+            h.read(booked)
+        );
+    }
+    let converged = a.read(converge_schema::to_json) == b.read(converge_schema::to_json);
+    drop((a, b));
+    ana.shutdown().await?;
+    ben.shutdown().await?;
+    if !converged || winner.len() != 1 {
+        bail!("the double booking did not resolve to one booking on both sides");
+    }
+    println!("converged: exactly one booking of bed 1, on both clients");
+    Ok(())
 }
 
 async fn within<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {

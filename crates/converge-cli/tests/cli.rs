@@ -146,6 +146,17 @@ fn demo_converges_over_real_sockets() {
         stdout.contains("converged: both clients hold the same document"),
         "{stdout}"
     );
+    // The double booking: one Applied, one Rejected and rolled back, both converge.
+    assert_eq!(stdout.matches("booking Applied").count(), 1, "{stdout}");
+    assert_eq!(
+        stdout.matches("Rejected (overlaps), rolled back").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("converged: exactly one booking of bed 1, on both clients"),
+        "{stdout}"
+    );
 }
 
 #[test]
