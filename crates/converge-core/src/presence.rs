@@ -1,15 +1,20 @@
 //! One document's presence: each session's app-defined state, never logged.
 //!
-//! Updates are coalesced: a session's state goes out at most once per
-//! [`PRESENCE_INTERVAL_MS`] (20 per second); one that arrives sooner waits and is replaced by
-//! any newer one (latest wins). A state not renewed within [`PRESENCE_TTL_MS`] expires.
+//! Updates are coalesced: a session's states go out at most 20 per second, by a token bucket
+//! that refills one update per [`PRESENCE_INTERVAL_MS`] and holds two (so an app that sends at
+//! exactly 20 Hz, with the jitter of real timers, is never held back, while a faster one is).
+//! One that arrives without a token waits and is replaced by any newer one (latest wins). A
+//! state not renewed within [`PRESENCE_TTL_MS`] expires.
 
 use std::collections::BTreeMap;
 
 use converge_proto::{Blob, Peer, SessionId};
 
-/// Least time between two presence updates of one session that go out (20 per second).
+/// One presence update of a session goes out per this many ms on average (20 per second).
 pub const PRESENCE_INTERVAL_MS: u64 = 50;
+
+/// The bucket holds this much credit: two updates' worth.
+const BUCKET_MS: u64 = 2 * PRESENCE_INTERVAL_MS;
 /// A state not renewed for this long is dropped and its peer reported as left.
 pub const PRESENCE_TTL_MS: u64 = 30_000;
 
@@ -18,10 +23,35 @@ struct Entry {
     peer: Peer,
     state: Blob,
     renewed_ms: u64,
-    /// When this session's state last went out (`None`: never).
-    sent_ms: Option<u64>,
-    /// A newer state waits for the interval to pass.
+    /// Sending credit in ms as of `credit_at` (an update costs `PRESENCE_INTERVAL_MS`).
+    credit: u64,
+    credit_at: u64,
+    /// A newer state waits for credit.
     waiting: bool,
+}
+
+impl Entry {
+    fn credit_now(&self, now_ms: u64) -> u64 {
+        (self.credit + now_ms.saturating_sub(self.credit_at)).min(BUCKET_MS)
+    }
+
+    /// Takes one update's credit if there is enough.
+    fn spend(&mut self, now_ms: u64) -> bool {
+        let credit = self.credit_now(now_ms);
+        self.credit_at = now_ms.max(self.credit_at);
+        if credit >= PRESENCE_INTERVAL_MS {
+            self.credit = credit - PRESENCE_INTERVAL_MS;
+            true
+        } else {
+            self.credit = credit;
+            false
+        }
+    }
+
+    /// When a waiting state will have credit.
+    fn ready_at(&self) -> u64 {
+        self.credit_at + PRESENCE_INTERVAL_MS.saturating_sub(self.credit)
+    }
 }
 
 /// What the hub should send after a presence event.
@@ -40,32 +70,29 @@ pub struct PresenceTable {
 }
 
 impl PresenceTable {
-    /// A session set its state: it goes out now, or when the interval since the last one it
-    /// sent has passed ([`Self::due`]).
+    /// A session set its state: it goes out now, or once the session has sending credit
+    /// again ([`Self::due`]).
     pub fn set(&mut self, peer: Peer, state: Blob, now_ms: u64) -> Option<PresenceOut> {
         let session = peer.session;
         let e = self.by_session.entry(session).or_insert(Entry {
             peer,
             state: Blob(Vec::new()),
             renewed_ms: now_ms,
-            sent_ms: None,
+            credit: BUCKET_MS,
+            credit_at: now_ms,
             waiting: false,
         });
         e.state = state;
         e.renewed_ms = now_ms;
-        match e.sent_ms {
-            Some(sent) if now_ms < sent.saturating_add(PRESENCE_INTERVAL_MS) => {
-                e.waiting = true;
-                None
-            }
-            _ => {
-                e.sent_ms = Some(now_ms);
-                e.waiting = false;
-                Some(PresenceOut::State {
-                    peer: e.peer.clone(),
-                    state: e.state.clone(),
-                })
-            }
+        if e.spend(now_ms) {
+            e.waiting = false;
+            Some(PresenceOut::State {
+                peer: e.peer.clone(),
+                state: e.state.clone(),
+            })
+        } else {
+            e.waiting = true;
+            None
         }
     }
 
@@ -89,12 +116,8 @@ impl PresenceTable {
             out.extend(self.remove(s));
         }
         for e in self.by_session.values_mut() {
-            if e.waiting
-                && e.sent_ms
-                    .is_none_or(|s| now_ms >= s.saturating_add(PRESENCE_INTERVAL_MS))
-            {
+            if e.waiting && e.spend(now_ms) {
                 e.waiting = false;
-                e.sent_ms = Some(now_ms);
                 out.push(PresenceOut::State {
                     peer: e.peer.clone(),
                     state: e.state.clone(),
@@ -110,9 +133,10 @@ impl PresenceTable {
             .values()
             .map(|e| {
                 let expiry = e.renewed_ms.saturating_add(PRESENCE_TTL_MS);
-                match (e.waiting, e.sent_ms) {
-                    (true, Some(s)) => expiry.min(s.saturating_add(PRESENCE_INTERVAL_MS)),
-                    _ => expiry,
+                if e.waiting {
+                    expiry.min(e.ready_at())
+                } else {
+                    expiry
                 }
             })
             .min()

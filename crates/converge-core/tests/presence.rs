@@ -20,21 +20,35 @@ fn state(out: Option<PresenceOut>) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn updates_within_the_interval_are_coalesced_and_the_latest_wins() {
+fn updates_beyond_the_rate_are_coalesced_and_the_latest_wins() {
     let mut t = PresenceTable::default();
+    // The bucket holds two updates: the first two go out at once.
     assert_eq!(state(t.set(peer(1), Blob(vec![1]), 0)), Some(vec![1]));
-    // Three more within 50 ms: none goes out now.
-    for (n, at) in [(2u8, 10u64), (3, 20), (4, 49)] {
-        assert_eq!(t.set(peer(1), Blob(vec![n]), at), None);
-    }
+    assert_eq!(state(t.set(peer(1), Blob(vec![2]), 10)), Some(vec![2]));
+    // Then one per 50 ms: these two wait, and only the latest goes out.
+    assert_eq!(t.set(peer(1), Blob(vec![3]), 20), None);
+    assert_eq!(t.set(peer(1), Blob(vec![4]), 49), None);
     assert_eq!(t.next_due(), Some(PRESENCE_INTERVAL_MS));
     assert!(t.due(PRESENCE_INTERVAL_MS - 1).is_empty());
     let out = t.due(PRESENCE_INTERVAL_MS);
     assert_eq!(out.len(), 1);
     assert!(matches!(&out[0], PresenceOut::State { state, .. } if state.as_ref() == [4]));
-    // Nothing waits any more; the next update after the interval goes out at once.
     assert!(t.due(200).is_empty());
-    assert_eq!(state(t.set(peer(1), Blob(vec![5]), 200)), Some(vec![5]));
+}
+
+#[test]
+fn steady_updates_at_twenty_hertz_with_jitter_are_never_held_back() {
+    let mut t = PresenceTable::default();
+    let mut at = 0u64;
+    for n in 0..200u64 {
+        // 50 ms apart on average, +-5 ms of timer jitter.
+        at = n * PRESENCE_INTERVAL_MS + if n % 2 == 0 { 5 } else { 0 };
+        assert!(
+            t.set(peer(1), Blob(vec![n as u8]), at).is_some(),
+            "update {n} held back"
+        );
+    }
+    assert!(t.due(at).is_empty());
 }
 
 #[test]

@@ -281,13 +281,29 @@ impl DocStore {
         let change = match &r {
             Ok(_) => {
                 loaded.doc.commit();
-                let own = loaded.doc.get_actor().clone();
-                loaded
-                    .doc
-                    .get_changes(&before)
-                    .into_iter()
-                    .filter(|c| *c.actor_id() == own)
-                    .collect::<Vec<Change>>()
+                let heads = loaded.doc.get_heads();
+                if heads == before {
+                    Vec::new()
+                } else {
+                    // One change on top of `before` (the common case): take it directly;
+                    // asking automerge for everything since `before` walks the history.
+                    match loaded.doc.get_last_local_change() {
+                        Some(c)
+                            if heads == vec![c.hash()] && sorted(c.deps()) == sorted(&before) =>
+                        {
+                            vec![c]
+                        }
+                        _ => {
+                            let own = loaded.doc.get_actor().clone();
+                            loaded
+                                .doc
+                                .get_changes(&before)
+                                .into_iter()
+                                .filter(|c| *c.actor_id() == own)
+                                .collect::<Vec<Change>>()
+                        }
+                    }
+                }
             }
             Err(_) => {
                 loaded.doc.rollback();

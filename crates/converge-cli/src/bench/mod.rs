@@ -16,6 +16,7 @@ use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc};
 use converge_proto::{Blob, ClientMsg, DocId, ServerMsg};
 use futures_util::StreamExt;
 
+mod ops;
 mod wire;
 
 use wire::{ServerProc, connect, drain, keepalive, settle, subscribe};
@@ -23,7 +24,7 @@ use wire::{ServerProc, connect, drain, keepalive, settle, subscribe};
 /// What `converge bench` runs.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// fanout, trace, join, catchup, idle, or all.
+    /// fanout, trace, join, catchup, idle, mutate, lock, presence, or all.
     #[arg(default_value = "all")]
     scenario: String,
     /// Reader counts for the fan-out scenario.
@@ -48,6 +49,18 @@ pub(crate) struct BenchArgs {
         default_value = "../shared/data/automerge-paper.json.gz"
     )]
     trace: PathBuf,
+    /// Concurrent clients for the mutation round trip.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    mutation_clients: Vec<usize>,
+    /// Mutations each client makes, one at a time.
+    #[arg(long, default_value_t = 20)]
+    per_client: usize,
+    /// Lock grants timed.
+    #[arg(long, default_value_t = 500)]
+    grants: usize,
+    /// Presence watchers.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -80,9 +93,23 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             trace(&args.trace).await?;
             ran = true;
         }
+        if all || args.scenario == "mutate" {
+            for &n in &args.mutation_clients {
+                ops::mutate(n, args.per_client).await?;
+            }
+            ran = true;
+        }
+        if all || args.scenario == "lock" {
+            ops::lock(args.grants).await?;
+            ran = true;
+        }
+        if all || args.scenario == "presence" {
+            ops::presence(args.watchers, 20, 5).await?;
+            ran = true;
+        }
         if !ran {
             bail!(
-                "unknown scenario {:?}: fanout, trace, join, catchup, idle or all",
+                "unknown scenario {:?}: fanout, trace, join, catchup, idle, mutate, lock, presence or all",
                 args.scenario
             );
         }

@@ -54,7 +54,8 @@ impl Rx {
 
 /// Connects and says Hello as `user`; returns once Welcome arrived.
 pub(crate) async fn connect(url: &str, user: &str) -> anyhow::Result<(Tx, Rx)> {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // Nagle off, as the SDK does: a small frame must not wait for a delayed ACK.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     let (sink, stream) = ws.split();
     let (mut tx, mut rx) = (Tx(sink), Rx(stream));
     tx.send(&ClientMsg::Hello {
