@@ -1,4 +1,4 @@
-//! The hub's mutations, locks and presence (docs/protocol.md sections 8 to 10).
+//! The hub's mutations, locks and presence (docs/protocol.md sections 9 to 11).
 //!
 //! Mutations and lock events are log writes: they leave the hub as `Output::Mutate` and
 //! `Output::RecordLocks`, in the same ordered queue as appends, so every entry they write
