@@ -5,7 +5,7 @@
 //! on its way to the log (`pending`): a second request for that key is refused until the
 //! grant is durable or failed, so there is never more than one holder at one server time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use converge_proto::{ErrorCode, FencingToken, Peer};
 
@@ -74,8 +74,8 @@ pub enum FenceCheck {
 #[derive(Debug, Default, Clone)]
 pub struct LockTable {
     held: BTreeMap<String, LockHolder>,
-    /// Keys with a grant or renewal on its way to the log.
-    pending: BTreeSet<String>,
+    /// Keys with a grant or renewal on its way to the log, and who asked.
+    pending: BTreeMap<String, Peer>,
 }
 
 impl LockTable {
@@ -84,13 +84,28 @@ impl LockTable {
     pub fn from_holders(holders: Vec<LockHolder>) -> Self {
         LockTable {
             held: holders.into_iter().map(|h| (h.key.clone(), h)).collect(),
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
         }
     }
 
     /// The live holders (some may be past expiry until the next [`Self::expire`]).
     pub fn holders(&self) -> impl Iterator<Item = &LockHolder> {
         self.held.values()
+    }
+
+    /// Locks `peer` holds or has on their way, other than `except`.
+    pub fn count_for(&self, peer: &Peer, except: &str) -> usize {
+        let held = self
+            .held
+            .values()
+            .filter(|h| h.peer == *peer && h.key != except)
+            .count();
+        let asked = self
+            .pending
+            .iter()
+            .filter(|(k, p)| *p == peer && k.as_str() != except && !self.held.contains_key(*k))
+            .count();
+        held + asked
     }
 
     pub fn holder(&self, key: &str) -> Option<&LockHolder> {
@@ -116,7 +131,7 @@ impl LockTable {
         now_ms: u64,
     ) -> Result<Vec<LockChange>, LockRefusal> {
         check_ttl(ttl_ms)?;
-        if self.pending.contains(key) {
+        if self.pending.contains_key(key) {
             return Err(refuse(
                 ErrorCode::LockHeld,
                 format!("the lock on {key:?} is being granted to someone"),
@@ -129,7 +144,7 @@ impl LockTable {
                     expires_at_ms,
                     ..h.clone()
                 };
-                self.pending.insert(key.to_string());
+                self.pending.insert(key.to_string(), peer.clone());
                 return Ok(vec![LockChange::Renewed(renewed)]);
             }
             return Err(refuse(
@@ -147,7 +162,7 @@ impl LockTable {
         if let Some(old) = self.held.remove(key) {
             changes.push(LockChange::Expired(old));
         }
-        self.pending.insert(key.to_string());
+        self.pending.insert(key.to_string(), peer.clone());
         changes.push(LockChange::Granted {
             key: key.to_string(),
             peer: peer.clone(),
@@ -166,14 +181,14 @@ impl LockTable {
         now_ms: u64,
     ) -> Result<Vec<LockChange>, LockRefusal> {
         check_ttl(ttl_ms)?;
-        if self.pending.contains(key) {
+        if self.pending.contains_key(key) {
             return Err(refuse(
                 ErrorCode::RateLimited,
                 format!("a renewal of {key:?} is already on its way"),
             ));
         }
         let h = self.owned(key, peer, token, now_ms)?.clone();
-        self.pending.insert(key.to_string());
+        self.pending.insert(key.to_string(), peer.clone());
         Ok(vec![LockChange::Renewed(LockHolder {
             expires_at_ms: now_ms.saturating_add(ttl_ms),
             peer: peer.clone(),
@@ -260,7 +275,7 @@ impl LockTable {
         let gone: Vec<String> = self
             .held
             .iter()
-            .filter(|(k, h)| h.expires_at_ms <= now_ms && !self.pending.contains(*k))
+            .filter(|(k, h)| h.expires_at_ms <= now_ms && !self.pending.contains_key(*k))
             .map(|(k, _)| k.clone())
             .collect();
         gone.into_iter()
@@ -288,7 +303,7 @@ impl LockTable {
     pub fn next_expiry(&self) -> Option<u64> {
         self.held
             .values()
-            .filter(|h| !self.pending.contains(&h.key))
+            .filter(|h| !self.pending.contains_key(&h.key))
             .map(|h| h.expires_at_ms)
             .min()
     }

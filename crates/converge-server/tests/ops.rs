@@ -404,3 +404,36 @@ async fn presence_is_stamped_coalesced_snapshotted_and_left_on_disconnect() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_session_holds_a_bounded_number_of_locks() {
+    let server = server_with_mutators().await;
+    let url = server.handle.ws_url();
+    let doc = DocId::random();
+    let mut ws = hello(&url, "alice").await;
+    subscribe(&mut ws, doc, None).await;
+    let max = converge_core::HubConfig::default().max_locks_per_session;
+    for k in 0..=max {
+        send(
+            &mut ws,
+            &ClientMsg::Lock {
+                doc,
+                key: format!("k{k}"),
+                ttl_ms: 30_000,
+            },
+        )
+        .await;
+        let outcome = lock_result(&mut ws).await;
+        if k < max {
+            assert!(
+                matches!(outcome, LockOutcome::Granted { .. }),
+                "{k}: {outcome:?}"
+            );
+        } else {
+            match outcome {
+                LockOutcome::Refused { code, .. } => assert_eq!(code, ErrorCode::RateLimited),
+                other => panic!("lock {k} beyond the bound: {other:?}"),
+            }
+        }
+    }
+}

@@ -90,6 +90,8 @@ struct Client {
     awaiting: Vec<(QueuedMutation, Seq)>,
     /// Every result this client heard, in order (not persisted: what the app was told).
     results: Vec<(MutationId, MutationOutcome)>,
+    /// Every error reply this client heard (code and message).
+    errors: Vec<(converge_proto::ErrorCode, String)>,
 }
 
 struct Link {
@@ -188,6 +190,7 @@ impl Sim {
                     online: true,
                     awaiting: Vec::new(),
                     results: Vec::new(),
+                    errors: Vec::new(),
                 }
             })
             .collect();
@@ -279,6 +282,20 @@ impl Sim {
     /// Every mutation result client `i` heard, in order.
     pub fn results(&self, i: usize) -> &[(MutationId, MutationOutcome)] {
         &self.clients[i].results
+    }
+
+    /// Every error reply client `i` heard.
+    pub fn errors(&self, i: usize) -> &[(converge_proto::ErrorCode, String)] {
+        &self.clients[i].errors
+    }
+
+    /// Damages client `i`'s store: its first queued mutation is lost (as if the file had been
+    /// restored from an older copy). Takes effect at the next restart.
+    pub fn lose_first_stored_mutation(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if !c.store.mutations.is_empty() {
+            c.store.mutations.remove(0);
+        }
     }
 
     /// Mutations client `i` has not had answered.
@@ -509,6 +526,7 @@ impl Sim {
         }
         while let Some(ev) = c.session.poll_event() {
             match ev {
+                SessionEvent::Error { code, message, .. } => c.errors.push((code, message)),
                 SessionEvent::MutationResult { id, outcome, .. } => {
                     // Off the durable queue; an applied one stays in the view until the
                     // document holds its change.

@@ -228,3 +228,44 @@ fn an_unknown_mutator_is_rejected_and_the_queue_moves_on() {
     assert!(matches!(s.results(0)[1].1, MutationOutcome::Applied { .. }));
     assert_eq!(items(&s.view(0)), vec![7]);
 }
+
+#[test]
+fn a_gap_in_a_clients_ids_is_refused_and_nothing_is_recorded() {
+    let mut s = sim(16, 1, 0.0);
+    s.set_online(0, false);
+    for n in 0..3u64 {
+        s.mutate(0, Push::NAME, encode_args(&n).unwrap());
+    }
+    // The client's store lost mutation 1: after a restart it sends 2 and 3 only.
+    s.lose_first_stored_mutation(0);
+    s.restart_client(0).unwrap();
+    s.set_online(0, true);
+    s.run(3_000);
+    let gaps = s
+        .errors(0)
+        .iter()
+        .filter(|(code, _)| *code == ErrorCode::MutationGap)
+        .count();
+    assert!(gaps >= 1, "the server refused the gap: {:?}", s.errors(0));
+    assert!(s.results(0).is_empty(), "no outcome for a refused id");
+    assert!(logged_mutations(&s).is_empty(), "nothing was recorded");
+    assert_eq!(s.pending_mutations(0), 2, "the queue is kept, not dropped");
+}
+
+#[test]
+fn duplicates_sent_after_lost_results_are_answered_from_the_record() {
+    // Results are lost with the connection, again and again: every resend of a processed
+    // id is a duplicate, answered with the recorded outcome and never run twice.
+    let mut s = sim(17, 1, 0.05);
+    for n in 0..200u64 {
+        s.mutate(0, Push::NAME, encode_args(&n).unwrap());
+        if n % 50 == 49 {
+            s.run(50);
+        }
+    }
+    s.run_until_quiescent(STEPS).unwrap();
+    s.assert_converged().unwrap();
+    let logged: Vec<u64> = logged_mutations(&s).iter().map(|(id, _)| *id).collect();
+    assert_eq!(logged, (1..=200).collect::<Vec<_>>());
+    assert_eq!(items(&s.view(0)), (0..200).collect::<Vec<_>>());
+}

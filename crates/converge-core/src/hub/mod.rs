@@ -183,6 +183,9 @@ pub struct HubConfig {
     pub max_mutations_in_flight: u32,
     /// Largest presence state in bytes; a larger one is refused with `PresenceTooLarge`.
     pub max_presence_bytes: usize,
+    /// Locks one session may hold (or have on their way) in one document; more are refused
+    /// with `RateLimited`. Bounds the lock table and the lock events a peer can cause.
+    pub max_locks_per_session: usize,
 }
 
 impl Default for HubConfig {
@@ -201,6 +204,7 @@ impl Default for HubConfig {
             max_pushes_in_flight: 16,
             max_mutations_in_flight: 64,
             max_presence_bytes: 4096,
+            max_locks_per_session: 64,
         }
     }
 }

@@ -138,7 +138,19 @@ impl Hub {
                 fence,
             } => self.mutate(session, peer, doc, mutation_id, name, args, fence, now_ms),
             ClientMsg::Lock { doc, key, ttl_ms } => {
-                let r = self.table(&doc).acquire(&key, &peer, ttl_ms, now_ms);
+                let max = self.config.max_locks_per_session;
+                let table = self.table(&doc);
+                let held = table.count_for(&peer, &key);
+                let r = if held >= max {
+                    Err(crate::locks::LockRefusal {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "this session holds {held} locks in this document (at most {max})"
+                        ),
+                    })
+                } else {
+                    table.acquire(&key, &peer, ttl_ms, now_ms)
+                };
                 self.lock_decided(session, doc, key, r);
             }
             ClientMsg::RenewLock {
