@@ -3,7 +3,7 @@
 //!
 //! Input: a sequence of ops. Byte `op % 6`: 0 connect, 1 disconnect session `next byte`, 2 a
 //! frame of `next byte` bytes from session `next byte`, 3 a valid Hello, 4 finish appends,
-//! 5 finish catch-ups. Frames are raw bytes, so the decoder and every handler are reached.
+//! 5 finish catch-ups, lock loads, mutations and lock events (the last two fail) and tick. Frames are raw bytes, so the decoder and every handler are reached.
 #![no_main]
 
 use std::sync::Arc;
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         bool,
     )> = Vec::new();
     let mut catchups = Vec::new();
+    let mut pending: Vec<Done> = Vec::new();
     let mut it = data.iter().copied();
     let mut now = 0u64;
     while let Some(op) = it.next() {
@@ -72,6 +73,15 @@ fuzz_target!(|data: &[u8]| {
                     let r = catchup(&log, &doc);
                     hub.handle_catchup(ticket, r);
                 }
+                let failed = || Refusal::new(ErrorCode::StorageFailed, "fuzz");
+                for done in pending.drain(..) {
+                    match done {
+                        Done::Loaded(t) => hub.handle_locks_loaded(t, Ok(Vec::new()), now),
+                        Done::Mutated(t) => hub.handle_mutated(t, Err(failed())),
+                        Done::Locks(t) => hub.handle_locks_recorded(t, Err(failed())),
+                    }
+                }
+                hub.tick(now * 100);
             }
         }
         while let Some(out) = hub.poll_output() {
@@ -84,10 +94,16 @@ fuzz_target!(|data: &[u8]| {
                     relayed,
                 } => appends.push((ticket, doc, author, changes, relayed)),
                 Output::Catchup { ticket, doc, .. } => catchups.push((ticket, doc)),
+                // Lock tables load empty; mutations and lock events fail as a storage failure
+                // would (the hub must answer and forget them cleanly).
+                Output::LoadLocks { ticket, .. } => pending.push(Done::Loaded(ticket)),
+                Output::Mutate { ticket, .. } => pending.push(Done::Mutated(ticket)),
+                Output::RecordLocks { ticket, .. } => pending.push(Done::Locks(ticket)),
                 // Reconciliation needs a reconciling snapshot, which this target never serves;
                 // Release is advice.
                 Output::Reconcile { .. }
                 | Output::Release { .. }
+                | Output::MutationDone { .. }
                 | Output::Send { .. }
                 | Output::Close { .. } => {}
             }
@@ -104,6 +120,13 @@ fuzz_target!(|data: &[u8]| {
         converge_core::apply_changes(&mut am, &changes).expect("logged changes apply");
     }
 });
+
+/// A storage request waiting for its (fuzzed) completion.
+enum Done {
+    Loaded(converge_core::Ticket),
+    Mutated(converge_core::Ticket),
+    Locks(converge_core::Ticket),
+}
 
 fn append(
     log: &Log,

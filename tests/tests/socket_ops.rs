@@ -94,7 +94,9 @@ async fn two_offline_sdk_clients_book_one_slot_one_wins_and_the_other_rolls_back
 
     // The server goes away; both book the same bed offline.
     server.shutdown().await?;
-    let ha = a.mutate::<BookEvent>(&booking("ana", "alice"))?;
+    let ha = alice
+        .mutate::<BookEvent>(a.id(), &booking("ana", "alice"))
+        .await?;
     let hb = b.mutate::<BookEvent>(&booking("ben", "bob"))?;
     assert_eq!(
         events(&a),

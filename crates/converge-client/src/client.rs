@@ -263,6 +263,16 @@ impl Client {
         Ok((doc, r))
     }
 
+    /// Runs mutator `M` on document `doc` (opened if it is not): the optimistic update at
+    /// once, the server's decision through the returned handle. See [`DocHandle::mutate`].
+    pub async fn mutate<M: converge_core::Mutator>(
+        &self,
+        doc: DocId,
+        args: &M::Args,
+    ) -> Result<crate::MutationHandle, ClientError> {
+        self.doc(doc).await?.mutate::<M>(args)
+    }
+
     /// Documents the store holds (open or not).
     pub fn stored_docs(&self) -> Result<Vec<DocId>, ClientError> {
         Ok(self.shared.store.doc_ids()?)
