@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod bench;
 mod demo;
 mod serve;
+mod token;
 
 /// converge: an event-sourced sync engine. Documents live in an append-only log.
 #[derive(Debug, Parser)]
@@ -26,7 +27,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct DataDir {
     /// The log's directory.
     #[arg(long, env = "CONVERGE_DATA", default_value = "./converge-data")]
@@ -52,7 +53,12 @@ enum Command {
         /// Largest frame a client may send, in bytes.
         #[arg(long, env = "CONVERGE_MAX_FRAME_BYTES", default_value_t = converge_proto::DEFAULT_MAX_FRAME_BYTES)]
         max_frame_bytes: usize,
+        #[command(flatten)]
+        jwt: token::JwtArgs,
     },
+    /// Prints a signed token (HS256, the server's secret: --jwt-secret, CONVERGE_JWT_SECRET,
+    /// or <data>/jwt-secret) as its last line.
+    Token(token::TokenArgs),
     /// Two clients edit one schedule, one of them offline for a while, then both converge;
     /// prints both views. Starts its own server on a temporary directory unless --server.
     Demo {
@@ -142,13 +148,16 @@ fn main() -> ExitCode {
             durability,
             flush_every_ms,
             max_frame_bytes,
+            jwt,
         } => serve::run(serve::Options {
             addr,
             data: data.data,
             buffered: durability == "buffered",
             flush_every_ms,
             max_frame_bytes,
+            jwt,
         }),
+        Command::Token(args) => token::run(args),
         Command::Demo { server } => demo::run(server),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Import { file, kind, data } => import(&file, kind, &data.data),

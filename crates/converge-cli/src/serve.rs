@@ -15,6 +15,7 @@ pub(crate) struct Options {
     pub(crate) buffered: bool,
     pub(crate) flush_every_ms: u64,
     pub(crate) max_frame_bytes: usize,
+    pub(crate) jwt: crate::token::JwtArgs,
 }
 
 pub(crate) fn run(opts: Options) -> anyhow::Result<ExitCode> {
@@ -30,6 +31,9 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<ExitCode> {
         },
         ..ServerConfig::default()
     };
+    // Never open by accident: JWT always, with a secret created in the data directory when
+    // none is configured.
+    config.auth = crate::token::server_auth(&opts.jwt, &config.data_dir)?;
     // The mutators of converge-schema: what the bundled document types are edited with.
     converge_schema::register_all(&mut config.mutators);
     config.hub.limits.max_frame_bytes =

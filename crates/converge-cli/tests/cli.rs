@@ -194,3 +194,91 @@ fn restore_copies_a_backup_and_moves_every_document_to_a_new_epoch() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `converge serve` with no secret configured creates one (mode 0600) and says how to mint
+/// tokens; `converge token` with the same data directory mints one the server takes, and the
+/// server refuses a connection without one.
+#[test]
+fn serve_is_never_open_by_accident_and_token_mints_what_it_accepts() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env_remove("CONVERGE_JWT_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut said = String::new();
+    let url = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if let Some(rest) = line.strip_prefix("converge listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(said.contains("created"), "{said}");
+    assert!(said.contains("converge token --data"), "{said}");
+    let secret = data.join("jwt-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let out = converge(
+        &[
+            "token", "--user", "alice", "--role", "editor", "--ttl", "10m",
+        ],
+        &data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let token = stdout(&out).lines().last().unwrap().to_string();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hello = |token: Option<String>| {
+        let url = url.clone();
+        rt.block_on(async move {
+            use futures_util::{SinkExt, StreamExt};
+            use tokio_tungstenite::tungstenite::Message;
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            let hello = converge_proto::ClientMsg::Hello {
+                protocol: converge_proto::PROTOCOL_VERSION,
+                client_id: converge_proto::ClientId::random(),
+                token,
+            };
+            ws.send(Message::Binary(
+                converge_proto::encode_client(&hello).unwrap().into(),
+            ))
+            .await
+            .unwrap();
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        return converge_proto::decode_server(&b, 1 << 20).unwrap();
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+    };
+    match hello(Some(token)) {
+        converge_proto::ServerMsg::Welcome { user, .. } => assert_eq!(user.as_str(), "alice"),
+        other => panic!("{other:?}"),
+    }
+    match hello(None) {
+        converge_proto::ServerMsg::Error { code, .. } => {
+            assert_eq!(code, converge_proto::ErrorCode::Unauthorized)
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -292,10 +292,12 @@ impl Client {
         self.shared.metrics.snapshot(pending)
     }
 
-    /// Replaces the token sent in the next Hello, and retries at once after
-    /// [`Status::AuthFailed`]. An open connection keeps its identity until it reconnects.
+    /// Replaces the token: an open connection sends it as `Reauth` (renew a token before it
+    /// expires, or the server closes the session with `TokenExpired`); the next Hello sends
+    /// it; and after [`Status::AuthFailed`] the client retries at once.
     pub fn set_token(&self, token: Option<String>) {
         lock(&self.shared.session).session.set_token(token);
+        self.shared.wake.notify_one();
         self.shared.token_changed.notify_one();
     }
 

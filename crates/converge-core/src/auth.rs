@@ -1,7 +1,7 @@
 //! Who a connection is. Verifying a token is computation, not I/O, so it happens in the hub
 //! through this trait; the auth issue plugs JWT verification in here.
 
-use converge_proto::{ErrorCode, UserId};
+use converge_proto::{DocId, ErrorCode, UserId};
 
 /// An authenticated identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +10,8 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// When the credential stops being valid (server time, ms), if it does.
     pub expires_at_ms: Option<u64>,
+    /// Per-document grants (document, role), on top of `roles`.
+    pub grants: Vec<(DocId, String)>,
 }
 
 /// Why a credential was refused.
@@ -23,6 +25,13 @@ pub struct AuthError {
 /// Turns the token of a `Hello` into an identity.
 pub trait Authenticator: Send + std::fmt::Debug {
     fn authenticate(&self, token: Option<&str>, now_ms: u64) -> Result<Identity, AuthError>;
+}
+
+/// One authenticator shared by the hub and the shell (the HTTP API checks tokens too).
+impl<T: Authenticator + Sync + ?Sized> Authenticator for std::sync::Arc<T> {
+    fn authenticate(&self, token: Option<&str>, now_ms: u64) -> Result<Identity, AuthError> {
+        (**self).authenticate(token, now_ms)
+    }
 }
 
 /// Development identity: the token *is* the user id (no token: `anonymous`). It trusts
@@ -44,6 +53,7 @@ impl Authenticator for DevAuthenticator {
             user,
             roles: vec!["editor".into()],
             expires_at_ms: None,
+            grants: Vec::new(),
         })
     }
 }

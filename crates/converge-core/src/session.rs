@@ -249,7 +249,14 @@ impl ClientSession {
         self.client_id
     }
 
+    /// Replaces the token: sent in the next `Hello`, and at once as `Reauth` when online
+    /// (a session whose token expires is closed; renew it before).
     pub fn set_token(&mut self, token: Option<String>) {
+        if self.conn == Conn::Online
+            && let Some(t) = &token
+        {
+            self.out.push_back(ClientMsg::Reauth { token: t.clone() });
+        }
         self.token = token;
     }
 

@@ -82,6 +82,20 @@ code_enum!(
         TokenExpired = 2001,
         /// The identity lacks the permission for this action.
         Forbidden = 2002,
+        /// The token is not a JWT, or lacks a required claim (`exp`, `sub`, `aud`, `iss`).
+        MalformedToken = 2003,
+        /// The token is signed with another algorithm than the configured one (or none).
+        AlgorithmNotAllowed = 2004,
+        /// The token's signature does not verify with the configured key.
+        BadSignature = 2005,
+        /// The token's `nbf` is in the future.
+        TokenNotYetValid = 2006,
+        /// The token's `aud` is not the configured audience.
+        WrongAudience = 2007,
+        /// The token's `iss` is not the configured issuer.
+        WrongIssuer = 2008,
+        /// A `Reauth` token names another user than the session's.
+        UserChanged = 2009,
         // 3xxx: documents and subscriptions
         /// The message names a document this connection has not subscribed to.
         NotSubscribed = 3000,

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use converge_core::{HubConfig, Mutators};
+
+use crate::auth::AuthConfig;
 use converge_log::Durability;
 
 /// Everything `converge serve` can set.
@@ -24,6 +26,9 @@ pub struct ServerConfig {
     pub ws_write_buffer: usize,
     /// The mutators clients may call (`converge serve` registers converge-schema's).
     pub mutators: Mutators,
+    /// Who may connect: [`AuthConfig::Dev`] (the token is the user id, unverified) by
+    /// default for embedding and tests; `converge serve` always runs JWT.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +41,7 @@ impl Default for ServerConfig {
             ws_read_buffer: 1024,
             ws_write_buffer: 0,
             mutators: Mutators::new(),
+            auth: AuthConfig::Dev,
         }
     }
 }

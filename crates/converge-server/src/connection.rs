@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub_task::{ConnOut, HubEvent, OUTBOX};
 
 /// Runs a connection until either side closes it.
-pub(crate) async fn run(socket: WebSocket, hub: mpsc::Sender<HubEvent>) {
+pub(crate) async fn run(socket: WebSocket, hub: mpsc::Sender<HubEvent>, token: Option<String>) {
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOX);
     let (kill_tx, mut kill_rx) = oneshot::channel();
     let (reply, session) = oneshot::channel();
@@ -16,6 +16,7 @@ pub(crate) async fn run(socket: WebSocket, hub: mpsc::Sender<HubEvent>) {
             out: out_tx,
             kill: kill_tx,
             reply,
+            token,
         })
         .await
         .is_err()

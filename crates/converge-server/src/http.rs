@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use converge_core::{Authenticator, DevAuthenticator, ExternalMutation};
+use converge_core::ExternalMutation;
 use converge_proto::limits::MAX_NAME_BYTES;
 use converge_proto::{Blob, ClientId, DocId, ErrorCode, FencingToken, MutationId, MutationOutcome};
 use serde::Deserialize;
@@ -42,7 +42,7 @@ pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<Stri
     (status, Json(body)).into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -56,8 +56,8 @@ pub(crate) async fn mutate(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    // The same rule as a WebSocket Hello (the dev authenticator until JWT auth lands).
-    let identity = match DevAuthenticator.authenticate(bearer(&headers), now_ms()) {
+    // The same authenticator as a WebSocket Hello.
+    let identity = match state.auth.authenticate(bearer(&headers), now_ms()) {
         Ok(i) => i,
         Err(e) => return error(StatusCode::UNAUTHORIZED, e.code, e.message),
     };

@@ -40,6 +40,8 @@ pub(crate) enum HubEvent {
         out: mpsc::Sender<ConnOut>,
         kill: oneshot::Sender<(CloseCode, String)>,
         reply: oneshot::Sender<SessionId>,
+        /// The upgrade request's bearer token, if any.
+        token: Option<String>,
     },
     Frame {
         session: SessionId,
@@ -306,8 +308,8 @@ async fn run(
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    HubEvent::Connect { out, kill, reply } => {
-                        let session = hub.connect(now_ms());
+                    HubEvent::Connect { out, kill, reply, token } => {
+                        let session = hub.connect_with_token(now_ms(), token);
                         conns.insert(session, Conn { out, kill: Some(kill) });
                         let _ = reply.send(session);
                     }

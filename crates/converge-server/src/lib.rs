@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod config;
 mod connection;
 mod executor;

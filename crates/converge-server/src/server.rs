@@ -8,7 +8,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use converge_core::{DevAuthenticator, Hub};
+use converge_core::{Authenticator, Hub};
 use converge_log::{EventLog, LogConfig, SledLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -34,6 +34,8 @@ pub enum ServerError {
     Start(std::io::Error),
     #[error("the server task failed: {0}")]
     Task(String),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] crate::auth::KeyError),
 }
 
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) hub: mpsc::Sender<HubEvent>,
     ready: watch::Receiver<bool>,
     pub(crate) config: Arc<ServerConfig>,
+    /// The same authenticator the hub uses, for the HTTP API.
+    pub(crate) auth: Arc<dyn Authenticator + Sync>,
 }
 
 /// A running server.
@@ -145,7 +149,8 @@ pub async fn start_with_log(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServerError::Start)?;
-    let hub = Hub::new(config.hub.clone(), Box::new(DevAuthenticator));
+    let auth = config.auth.authenticator()?;
+    let hub = Hub::new(config.hub.clone(), Box::new(auth.clone()));
     let (hub_tx, ready, tasks) = hub_task::spawn(
         hub,
         LogExecutor::new(log.clone()).with_mutators(config.mutators.clone()),
@@ -155,6 +160,7 @@ pub async fn start_with_log(
         hub: hub_tx.clone(),
         ready,
         config: Arc::new(config),
+        auth,
     };
     let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -198,7 +204,14 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // A token may come with the upgrade instead of in Hello (browsers cannot set headers on
+    // a WebSocket, other clients can).
+    let token = crate::http::bearer(&headers).map(str::to_string);
     let c = &state.config;
     // Two frames' worth of slack above the protocol limit: the hub checks the exact limit
     // itself and answers with a code; only far larger frames are cut off by the transport.
@@ -209,7 +222,7 @@ async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Respons
         .write_buffer_size(c.ws_write_buffer)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| crate::connection::run(socket, hub))
+        .on_upgrade(move |socket| crate::connection::run(socket, hub, token))
 }
 
 async fn healthz() -> &'static str {

@@ -1,9 +1,10 @@
 //! Embedding converge's client SDK: connect, open (or create) a schedule, change it, wait for
 //! the server to make the change durable, print the document as JSON.
 //!
-//! Run: `cargo run --release -- serve` in one terminal, then `cargo run -p client-sdk` in
-//! another (or `cargo run -p client-sdk -- ws://HOST:PORT/ws`). The change is stored first, so
-//! it also works with no server: it then waits up to 10 s, says so, and pushes next time.
+//! Run: `cargo run --release -- serve` in one terminal, then, in another,
+//! `CONVERGE_TOKEN=$(cargo run --release -- token --user alice | tail -1) cargo run -p client-sdk`
+//! (or add a URL: `cargo run -p client-sdk -- ws://HOST:PORT/ws`). The change is stored first,
+//! so it also works with no server: it then waits up to 10 s, says so, and pushes next time.
 use std::time::Duration;
 
 use converge_client::Client;
@@ -15,7 +16,9 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .unwrap_or("ws://127.0.0.1:7070/ws".into());
     let store = std::env::temp_dir().join("converge-client-sdk");
-    let client = Client::connect(&url, None, &store).await?;
+    // The server checks JWTs: `converge token` mints one with the server's secret.
+    let token = std::env::var("CONVERGE_TOKEN").ok();
+    let client = Client::connect(&url, token, &store).await?;
 
     // The store remembers documents across runs: reuse the first one, or create a schedule.
     let doc = match client.stored_docs()?.first() {

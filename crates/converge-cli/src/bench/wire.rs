@@ -52,6 +52,21 @@ impl Rx {
     }
 }
 
+/// The HS256 secret the bench's server runs with (its tokens are minted with it).
+const BENCH_SECRET: &str = "converge-bench-secret-not-for-production";
+
+/// A token for `user` (role editor, valid for a day).
+fn token(user: &str) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = converge_server::auth::claims(user, &["editor"], now, 86_400);
+    Ok(converge_server::auth::mint_hs256(
+        BENCH_SECRET.as_bytes(),
+        &claims,
+    )?)
+}
+
 /// Connects and says Hello as `user`; returns once Welcome arrived.
 pub(crate) async fn connect(url: &str, user: &str) -> anyhow::Result<(Tx, Rx)> {
     // Nagle off, as the SDK does: a small frame must not wait for a delayed ACK.
@@ -61,7 +76,7 @@ pub(crate) async fn connect(url: &str, user: &str) -> anyhow::Result<(Tx, Rx)> {
     tx.send(&ClientMsg::Hello {
         protocol: PROTOCOL_VERSION,
         client_id: ClientId::random(),
-        token: Some(user.to_string()),
+        token: Some(token(user)?),
     })
     .await?;
     match rx.recv().await? {
@@ -156,6 +171,7 @@ impl ServerProc {
         };
         let mut child = cmd
             .args(&args)
+            .env("CONVERGE_JWT_SECRET", BENCH_SECRET)
             .env(
                 "CONVERGE_LOG",
                 std::env::var("CONVERGE_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

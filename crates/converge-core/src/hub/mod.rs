@@ -235,6 +235,9 @@ struct Session {
     pushes_in_flight: HashMap<DocId, u32>,
     /// Mutations handed to the shell and not yet answered, per document.
     mutations_in_flight: HashMap<DocId, u32>,
+    /// The token the WebSocket upgrade carried (`Authorization: Bearer`), used when `Hello`
+    /// has none.
+    upgrade_token: Option<String>,
     last_seen_ms: u64,
     closed: bool,
 }
@@ -374,6 +377,12 @@ impl Hub {
 
     /// A connection opened. Returns its session id.
     pub fn connect(&mut self, now_ms: u64) -> SessionId {
+        self.connect_with_token(now_ms, None)
+    }
+
+    /// A connection opened whose upgrade request carried a token (`Authorization: Bearer`);
+    /// `Hello` may then leave its token out.
+    pub fn connect_with_token(&mut self, now_ms: u64, token: Option<String>) -> SessionId {
         let id = SessionId(self.next_session);
         self.next_session += 1;
         self.sessions.insert(
@@ -385,6 +394,7 @@ impl Hub {
                 reconciling: HashMap::new(),
                 pushes_in_flight: HashMap::new(),
                 mutations_in_flight: HashMap::new(),
+                upgrade_token: token,
                 last_seen_ms: now_ms,
                 closed: false,
             },
@@ -471,6 +481,11 @@ impl Hub {
                 {
                     expired.push((*id, CloseCode::HelloTimeout));
                 }
+                Handshake::Ready { ref identity }
+                    if identity.expires_at_ms.is_some_and(|e| e <= now_ms) =>
+                {
+                    expired.push((*id, CloseCode::TokenExpired));
+                }
                 Handshake::Ready { .. } if now_ms.saturating_sub(s.last_seen_ms) > silent => {
                     expired.push((*id, CloseCode::HeartbeatTimeout));
                 }
@@ -479,7 +494,17 @@ impl Hub {
         }
         expired.sort_by_key(|(id, _)| *id);
         for (id, code) in expired {
-            self.close(id, code, "timed out");
+            if code == CloseCode::TokenExpired {
+                self.error(
+                    id,
+                    ErrorCode::TokenExpired,
+                    "the token expired; send Reauth before it does",
+                    None,
+                );
+                self.close(id, code, "token expired");
+            } else {
+                self.close(id, code, "timed out");
+            }
         }
     }
 
@@ -585,6 +610,7 @@ impl Hub {
             | ClientMsg::RenewLock { .. }
             | ClientMsg::Unlock { .. }) => self.lock_or_mutate(session, msg, now_ms),
             ClientMsg::Presence { doc, state } => self.presence(session, doc, state, now_ms),
+            ClientMsg::Reauth { token } => self.reauth(session, &token, now_ms),
             other => {
                 self.error(
                     session,
@@ -620,6 +646,11 @@ impl Hub {
             );
             return;
         }
+        let upgrade = self
+            .sessions
+            .get_mut(&session)
+            .and_then(|s| s.upgrade_token.take());
+        let token = token.or(upgrade.as_deref());
         let identity = match self.auth.authenticate(token, now_ms) {
             Ok(i) => i,
             Err(e) => {
@@ -641,6 +672,37 @@ impl Hub {
             s.client = Some(client);
         }
         self.send(session, &welcome);
+    }
+
+    /// A fresh token for a live session: the same user, a new expiry (and roles, grants).
+    /// A refused token changes nothing (the session ends when the old one expires); a token
+    /// for another user ends the session.
+    fn reauth(&mut self, session: SessionId, token: &str, now_ms: u64) {
+        let identity = match self.auth.authenticate(Some(token), now_ms) {
+            Ok(i) => i,
+            Err(e) => {
+                self.error(session, e.code, &e.message, None);
+                return;
+            }
+        };
+        let Some(Session {
+            handshake: Handshake::Ready { identity: current },
+            ..
+        }) = self.sessions.get_mut(&session)
+        else {
+            return;
+        };
+        if current.user != identity.user {
+            self.error(
+                session,
+                ErrorCode::UserChanged,
+                "Reauth must keep the user; connect again as the other user",
+                None,
+            );
+            self.close(session, CloseCode::Revoked, "Reauth for another user");
+            return;
+        }
+        *current = identity;
     }
 
     fn subscribe(&mut self, session: SessionId, doc: DocId, after: Option<Position>) {
