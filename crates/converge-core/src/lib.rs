@@ -20,6 +20,7 @@ mod catchup;
 mod hub;
 mod locks;
 mod mutation;
+mod permissions;
 mod presence;
 mod session;
 
@@ -36,6 +37,7 @@ pub use locks::{
     FenceCheck, LockChange, LockHolder, LockRefusal, LockTable, MAX_LOCK_TTL_MS, MIN_LOCK_TTL_MS,
 };
 pub use mutation::{Ctx, Mutator, Mutators, Rejection};
+pub use permissions::{Acl, Permission, Permissions, Roles, global_permissions, permissions};
 pub use presence::{PRESENCE_INTERVAL_MS, PRESENCE_TTL_MS, PresenceOut, PresenceTable};
 pub use session::{
     ClientSession, IncomingBatch, MUTATION_WINDOW, QueuedMutation, SessionConfig, SessionEvent,

@@ -103,7 +103,7 @@ pub(crate) async fn mutate(
     let client = idempotency_client(identity.user.as_str(), &key);
     let mutation = ExternalMutation {
         doc,
-        user: identity.user,
+        identity,
         client,
         mutation_id: MutationId(1),
         name: body.name,
@@ -132,6 +132,7 @@ pub(crate) async fn mutate(
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                ErrorCode::Forbidden => StatusCode::FORBIDDEN,
                 ErrorCode::DocDeleted | ErrorCode::UnknownDoc => StatusCode::NOT_FOUND,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
@@ -151,4 +152,134 @@ fn idempotency_client(user: &str, key: &str) -> ClientId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&h.finalize().as_bytes()[..16]);
     ClientId::from_bytes(id)
+}
+
+/// The body of `PUT /api/docs/{id}/acl`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclBody {
+    user: String,
+    /// The role to grant; `null` removes the user's grant.
+    role: Option<String>,
+}
+
+/// The caller, if the token is valid and its roles include admin; else the error response.
+#[allow(clippy::result_large_err)]
+fn admin(state: &AppState, headers: &HeaderMap) -> Result<converge_core::Identity, Response> {
+    let identity = state
+        .auth
+        .authenticate(bearer(headers), now_ms())
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.code, e.message))?;
+    if !converge_core::global_permissions(&state.config.hub.roles, &identity)
+        .has(converge_core::Permission::Admin)
+    {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this needs an admin token",
+        ));
+    }
+    Ok(identity)
+}
+
+#[allow(clippy::result_large_err)]
+fn doc_id(id: &str) -> Result<DocId, Response> {
+    id.parse::<DocId>().map_err(|_| {
+        error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownDoc,
+            format!("{id:?} is not a document id"),
+        )
+    })
+}
+
+/// `GET /api/docs/{id}/acl` (admin): `{"grants": [{"user", "role"}]}`.
+pub(crate) async fn get_acl(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&state, &headers) {
+        return r;
+    }
+    let doc = match doc_id(&id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if state
+        .hub
+        .send(crate::hub_task::HubEvent::GetAcl { doc, reply })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown,
+            "stopping",
+        );
+    }
+    let grants = rx.await.unwrap_or_default();
+    let grants: Vec<serde_json::Value> = grants
+        .into_iter()
+        .map(|(u, r)| serde_json::json!({"user": u.as_str(), "role": r}))
+        .collect();
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "grants": grants })),
+    )
+        .into_response()
+}
+
+/// `PUT /api/docs/{id}/acl` (admin) with `{"user", "role"}`: grants (or, with a null role,
+/// removes) a role in the document; live sessions are judged by it at once.
+pub(crate) async fn put_acl(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = admin(&state, &headers) {
+        return r;
+    }
+    let doc = match doc_id(&id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let body: AclBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BadRequest,
+                format!("the body is not {{\"user\", \"role\"}}: {e}"),
+            );
+        }
+    };
+    let user = match converge_proto::UserId::new(body.user) {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BadRequest,
+                e.to_string(),
+            );
+        }
+    };
+    if body.role.as_ref().is_some_and(|r| r.len() > MAX_NAME_BYTES) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::FieldTooLong,
+            format!("a role is at most {MAX_NAME_BYTES} bytes"),
+        );
+    }
+    let _ = state
+        .hub
+        .send(crate::hub_task::HubEvent::SetAcl {
+            doc,
+            user,
+            role: body.role,
+        })
+        .await;
+    StatusCode::NO_CONTENT.into_response()
 }

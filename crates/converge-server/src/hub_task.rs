@@ -79,6 +79,21 @@ pub(crate) enum HubEvent {
         ticket: Ticket,
         result: Result<Vec<LockHolder>, Refusal>,
     },
+    /// An admin grant changed (`role: None` removes it).
+    SetAcl {
+        doc: DocId,
+        user: converge_proto::UserId,
+        role: Option<String>,
+    },
+    /// The admin grants of a document.
+    GetAcl {
+        doc: DocId,
+        reply: oneshot::Sender<Vec<(converge_proto::UserId, String)>>,
+    },
+    /// End every session of a user.
+    Revoke {
+        user: converge_proto::UserId,
+    },
     /// A mutation from the HTTP API.
     ExternalMutate {
         mutation: ExternalMutation,
@@ -340,6 +355,11 @@ async fn run(
                     HubEvent::LocksLoaded { ticket, result } => {
                         hub.handle_locks_loaded(ticket, result, now_ms());
                     }
+                    HubEvent::SetAcl { doc, user, role } => hub.set_acl(doc, user, role),
+                    HubEvent::GetAcl { doc, reply } => {
+                        let _ = reply.send(hub.acl(&doc));
+                    }
+                    HubEvent::Revoke { user } => hub.revoke_user(&user),
                     HubEvent::ExternalMutate { mutation, reply } => {
                         let ticket = hub.mutate_external(mutation, now_ms());
                         external.insert(ticket, reply);

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use converge_core::{Authenticator, Hub};
 use converge_log::{EventLog, LogConfig, SledLog};
+use converge_proto::{DocId, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ServerConfig;
@@ -70,6 +71,17 @@ impl ServerHandle {
     /// The WebSocket URL of the native protocol.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Grants `user` the role `role` in `doc` (`None`: removes the grant), at once for live
+    /// sessions too (docs/protocol.md section 4.2).
+    pub async fn set_acl(&self, doc: DocId, user: UserId, role: Option<String>) {
+        let _ = self.hub.send(HubEvent::SetAcl { doc, user, role }).await;
+    }
+
+    /// Ends every session of `user` now (close 4012 `Revoked`).
+    pub async fn revoke_user(&self, user: UserId) {
+        let _ = self.hub.send(HubEvent::Revoke { user }).await;
     }
 
     /// The log the server writes (for tests and tools in the same process).
@@ -195,6 +207,10 @@ fn router(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/api/docs/{id}/acl",
+            get(crate::http::get_acl).put(crate::http::put_acl),
+        )
         .route(
             "/api/docs/{id}/mutations",
             axum::routing::post(crate::http::mutate).layer(axum::extract::DefaultBodyLimit::max(

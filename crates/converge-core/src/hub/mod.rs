@@ -186,6 +186,8 @@ pub struct HubConfig {
     /// Locks one session may hold (or have on their way) in one document; more are refused
     /// with `RateLimited`. Bounds the lock table and the lock events a peer can cause.
     pub max_locks_per_session: usize,
+    /// Role name -> permissions.
+    pub roles: crate::permissions::Roles,
 }
 
 impl Default for HubConfig {
@@ -205,6 +207,7 @@ impl Default for HubConfig {
             max_mutations_in_flight: 64,
             max_presence_bytes: 4096,
             max_locks_per_session: 64,
+            roles: crate::permissions::Roles::default(),
         }
     }
 }
@@ -348,6 +351,8 @@ pub struct Hub {
     sessions: HashMap<SessionId, Session>,
     docs: HashMap<DocId, Doc>,
     locks: HashMap<DocId, LockDoc>,
+    /// Per-document grants set by admins.
+    acl: crate::permissions::Acl,
     pending: HashMap<Ticket, Pending>,
     out: VecDeque<Output>,
     next_session: u64,
@@ -363,6 +368,7 @@ impl Hub {
             sessions: HashMap::new(),
             docs: HashMap::new(),
             locks: HashMap::new(),
+            acl: crate::permissions::Acl::default(),
             pending: HashMap::new(),
             out: VecDeque::new(),
             next_session: 1,
@@ -707,6 +713,15 @@ impl Hub {
 
     fn subscribe(&mut self, session: SessionId, doc: DocId, after: Option<Position>) {
         let max_docs = self.config.limits.max_docs as usize;
+        if !self.may(session, &doc, crate::permissions::Permission::Read) {
+            self.error(
+                session,
+                ErrorCode::Forbidden,
+                "your roles do not allow reading this document",
+                Some(doc),
+            );
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -752,6 +767,11 @@ impl Hub {
             Some(Refusal::new(
                 ErrorCode::NotSubscribed,
                 "subscribe to the document before pushing to it",
+            ))
+        } else if !self.may(session, &doc, crate::permissions::Permission::Write) {
+            Some(Refusal::new(
+                ErrorCode::Forbidden,
+                "push refused: your roles do not allow writing this document",
             ))
         } else if self
             .sessions

@@ -16,6 +16,7 @@ use super::{
     Pending, Refusal, Ticket,
 };
 use crate::locks::FenceCheck;
+use crate::permissions::{Permission, permissions};
 use crate::presence::PresenceOut;
 
 /// A mutation for the shell to run (see [`Output::Mutate`]).
@@ -58,7 +59,8 @@ pub struct LocksRecorded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalMutation {
     pub doc: DocId,
-    pub user: UserId,
+    /// The caller, as the shell authenticated it (its permissions are checked here).
+    pub identity: crate::auth::Identity,
     pub client: ClientId,
     pub mutation_id: MutationId,
     pub name: String,
@@ -105,6 +107,13 @@ impl Hub {
             Some(Refusal::new(
                 ErrorCode::NotSubscribed,
                 format!("subscribe to the document before {}", msg.kind()),
+            ))
+        } else if !matches!(msg, ClientMsg::Mutate { .. })
+            && !self.may(session, &doc, Permission::Lock)
+        {
+            Some(Refusal::new(
+                ErrorCode::Forbidden,
+                "your roles do not allow locks in this document",
             ))
         } else if key.len() > MAX_NAME_BYTES {
             Some(Refusal::new(
@@ -189,6 +198,23 @@ impl Hub {
         fence: Option<FencingToken>,
         now_ms: u64,
     ) {
+        if !self.may(session, &doc, Permission::Mutate) {
+            // Not recorded (no denied request reaches the log), so the id does not count:
+            // the client drops this and every later queued mutation of the document and
+            // reuses the id (docs/protocol.md section 9).
+            let msg = ServerMsg::MutationResult {
+                doc,
+                mutation_id,
+                outcome: MutationOutcome::Rejected {
+                    code: ErrorCode::Forbidden,
+                    message: "your roles do not allow mutations in this document".into(),
+                },
+            };
+            if let Some(frame) = self.encode(&msg) {
+                self.deliver(doc, session, Item::Frame(frame));
+            }
+            return;
+        }
         let in_flight = self
             .sessions
             .get(&session)
@@ -262,6 +288,18 @@ impl Hub {
     /// [`Output::MutationDone`] with the returned ticket. Its change reaches every
     /// subscriber like any other.
     pub fn mutate_external(&mut self, m: ExternalMutation, now_ms: u64) -> Ticket {
+        if !permissions(&self.config.roles, &self.acl, &m.identity, &m.doc).has(Permission::Mutate)
+        {
+            let ticket = self.ticket();
+            self.out.push_back(Output::MutationDone {
+                ticket,
+                result: Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "your roles do not allow mutations in this document",
+                )),
+            });
+            return ticket;
+        }
         if self.shutting_down {
             let ticket = self.ticket();
             self.out.push_back(Output::MutationDone {
@@ -298,14 +336,14 @@ impl Hub {
                 // held by the same user.
                 let peer = Peer {
                     session: SessionId(0),
-                    user: m.user.clone(),
+                    user: m.identity.user.clone(),
                 };
                 self.table(&m.doc).check_fence(f, &peer, now_ms)
             }
         };
         let request = MutationRequest {
             doc: m.doc,
-            user: m.user,
+            user: m.identity.user,
             session: None,
             client: m.client,
             mutation_id: m.mutation_id,
@@ -693,6 +731,15 @@ impl Hub {
             );
             return;
         }
+        if !self.may(session, &doc, Permission::Presence) {
+            self.error(
+                session,
+                ErrorCode::Forbidden,
+                "your roles do not allow presence in this document",
+                Some(doc),
+            );
+            return;
+        }
         if state.len() > self.config.max_presence_bytes {
             let message = format!(
                 "a presence state is at most {} bytes, not {}",
@@ -790,5 +837,82 @@ impl Hub {
             .values()
             .filter_map(|l| l.table.as_ref().and_then(LockTable::next_expiry));
         presence.chain(leases).min()
+    }
+}
+
+impl Hub {
+    /// Whether the session's identity may do `p` in `doc` (its roles, its token's grants and
+    /// the ACL, as they are now).
+    pub(super) fn may(&self, session: SessionId, doc: &DocId, p: Permission) -> bool {
+        match self.sessions.get(&session) {
+            Some(super::Session {
+                handshake: Handshake::Ready { identity },
+                ..
+            }) => permissions(&self.config.roles, &self.acl, identity, doc).has(p),
+            _ => false,
+        }
+    }
+
+    /// Sets (or, with `None`, removes) an admin grant: `user` gets `role` in `doc`. Applies at
+    /// once: a live session of that user that can no longer read the document loses its
+    /// subscription (`Forbidden`); later requests are judged by the new rights.
+    pub fn set_acl(&mut self, doc: DocId, user: UserId, role: Option<String>) {
+        self.acl.set(doc, user.clone(), role);
+        let affected: Vec<SessionId> = self
+            .docs
+            .get(&doc)
+            .map(|d| d.subs.keys().copied().collect())
+            .unwrap_or_default();
+        for session in affected {
+            let theirs = matches!(
+                self.sessions.get(&session),
+                Some(super::Session { handshake: Handshake::Ready { identity }, .. })
+                    if identity.user == user
+            );
+            if theirs && !self.may(session, &doc, Permission::Read) {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.docs.remove(&doc);
+                    s.reconciling.remove(&doc);
+                }
+                self.drop_sub(&doc, session);
+                self.error(
+                    session,
+                    ErrorCode::Forbidden,
+                    "your access to this document was withdrawn",
+                    Some(doc),
+                );
+            }
+        }
+    }
+
+    /// The admin grants of a document.
+    pub fn acl(&self, doc: &DocId) -> Vec<(UserId, String)> {
+        self.acl.of_doc(doc)
+    }
+
+    /// Ends every session of `user` now (`Forbidden`, close 4012 `Revoked`): for a user whose
+    /// access was revoked (their tokens should stop being issued too).
+    pub fn revoke_user(&mut self, user: &UserId) {
+        let theirs: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                matches!(&s.handshake, Handshake::Ready { identity } if identity.user == *user)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for session in theirs {
+            self.error(
+                session,
+                ErrorCode::Forbidden,
+                "your access was revoked",
+                None,
+            );
+            self.close(
+                session,
+                converge_proto::CloseCode::Revoked,
+                "access revoked",
+            );
+        }
     }
 }

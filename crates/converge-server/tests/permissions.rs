@@ -1,0 +1,384 @@
+//! Permissions over a real socket: each role x each action x a document with and without a
+//! token grant, allowed or denied as the role table says; afterwards, no denied write reached
+//! the log. Then live changes: an ACL withdrawn mid-session, and a revoked user.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT};
+use common::*;
+use converge_core::{Ctx, Mutator, Mutators, Permission, Rejection, Roles};
+use converge_log::EntryKind;
+use converge_proto::*;
+use converge_server::auth::{AuthConfig, JwtConfig, claims, mint_hs256};
+
+const SECRET: &[u8] = b"permissions-test-secret-0123456789";
+
+struct Put;
+impl Mutator for Put {
+    const NAME: &'static str = "put";
+    type Args = i64;
+    fn apply(doc: &mut AutoCommit, v: i64, _ctx: &Ctx) -> Result<(), Rejection> {
+        doc.put(ROOT, "v", v).map_err(Rejection::from_automerge)
+    }
+}
+
+async fn start() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mutators = Mutators::new();
+    mutators.register::<Put>();
+    let handle = converge_server::start(converge_server::ServerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        auth: AuthConfig::Jwt(JwtConfig::hs256(SECRET.to_vec())),
+        mutators,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    TestServer { handle, dir }
+}
+
+fn token(user: &str, roles: &[&str], grant: Option<(DocId, &str)>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = claims(user, roles, now, 600);
+    if let Some((doc, role)) = grant {
+        c.docs.insert(doc.to_string(), role.to_string());
+    }
+    mint_hs256(SECRET, &c).unwrap()
+}
+
+async fn hello_as(url: &str, token: String) -> Ws {
+    let mut ws = connect(url).await;
+    send(
+        &mut ws,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some(token),
+        },
+    )
+    .await;
+    match recv(&mut ws).await {
+        ServerMsg::Welcome { .. } => ws,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends a Ping and returns what came before its Pong (the replies to what was sent before).
+async fn replies(ws: &mut Ws, nonce: u64) -> Vec<ServerMsg> {
+    send(ws, &ClientMsg::Ping { nonce }).await;
+    let mut out = Vec::new();
+    loop {
+        match recv(ws).await {
+            ServerMsg::Pong { nonce: n, .. } if n == nonce => return out,
+            other => out.push(other),
+        }
+    }
+}
+
+/// Reads until `done` matches a message (allowed) or an error refuses the request; returns
+/// whether it was allowed. Refusals are immediate; what is allowed answers after the flush.
+async fn allowed_by(ws: &mut Ws, done: impl Fn(&ServerMsg) -> bool) -> bool {
+    loop {
+        let m = recv(ws).await;
+        if done(&m) {
+            return true;
+        }
+        if forbidden(std::slice::from_ref(&m))
+            || matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::NotSubscribed,
+                    ..
+                }
+            )
+        {
+            return false;
+        }
+    }
+}
+
+fn forbidden(msgs: &[ServerMsg]) -> bool {
+    msgs.iter().any(|m| {
+        matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ) || matches!(
+            m,
+            ServerMsg::MutationResult {
+                outcome: MutationOutcome::Rejected {
+                    code: ErrorCode::Forbidden,
+                    ..
+                },
+                ..
+            }
+        )
+    })
+}
+
+#[tokio::test]
+async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
+    let server = start().await;
+    let url = server.handle.ws_url();
+    let doc = DocId::random();
+    let table = Roles::default();
+    let mut allowed: Vec<(String, Permission)> = Vec::new();
+    for role in ["admin", "editor", "viewer", "nobody"] {
+        for grant in [None, Some("editor")] {
+            let user = format!("{role}-{}", grant.unwrap_or("none"));
+            let mut ws = hello_as(&url, token(&user, &[role], grant.map(|g| (doc, g)))).await;
+            let perms = grant.map_or(table.of(role), |g| table.of(role).union(table.of(g)));
+            let may = |p: Permission| perms.has(p);
+
+            // Read: subscribe.
+            send(&mut ws, &ClientMsg::Subscribe { doc, after: None }).await;
+            let subscribed = allowed_by(&mut ws, |m| matches!(m, ServerMsg::Live { .. })).await;
+            assert_eq!(subscribed, may(Permission::Read), "{user} read");
+            if subscribed {
+                allowed.push((user.clone(), Permission::Read));
+            }
+
+            // Write: a push of a fresh change.
+            let mut am = AutoCommit::new();
+            am.put(ROOT, user.as_str(), 1).unwrap();
+            am.commit();
+            let change = Blob(am.get_last_local_change().unwrap().raw_bytes().to_vec());
+            send(
+                &mut ws,
+                &ClientMsg::Push {
+                    doc,
+                    changes: vec![change],
+                },
+            )
+            .await;
+            let r = replies(&mut ws, 2).await;
+            let acked = r.iter().any(|m| matches!(m, ServerMsg::Ack { .. }));
+            assert_eq!(
+                acked,
+                subscribed && may(Permission::Write),
+                "{user} write: {r:?}"
+            );
+
+            // Mutate.
+            send(
+                &mut ws,
+                &ClientMsg::Mutate {
+                    doc,
+                    mutation_id: MutationId(1),
+                    name: Put::NAME.into(),
+                    args: Blob(encode_args(&7i64).unwrap()),
+                    fence: None,
+                },
+            )
+            .await;
+            let r = replies(&mut ws, 3).await;
+            let applied = r.iter().any(|m| {
+                matches!(
+                    m,
+                    ServerMsg::MutationResult {
+                        outcome: MutationOutcome::Applied { .. },
+                        ..
+                    }
+                )
+            });
+            assert_eq!(
+                applied,
+                subscribed && may(Permission::Mutate),
+                "{user} mutate: {r:?}"
+            );
+
+            // Lock.
+            send(
+                &mut ws,
+                &ClientMsg::Lock {
+                    doc,
+                    key: user.clone(),
+                    ttl_ms: 30_000,
+                },
+            )
+            .await;
+            let r = replies(&mut ws, 4).await;
+            let granted = r.iter().any(|m| {
+                matches!(
+                    m,
+                    ServerMsg::LockResult {
+                        outcome: LockOutcome::Granted { .. },
+                        ..
+                    }
+                )
+            });
+            assert_eq!(
+                granted,
+                subscribed && may(Permission::Lock),
+                "{user} lock: {r:?}"
+            );
+
+            // Presence: refused with Forbidden, or taken without a reply.
+            send(
+                &mut ws,
+                &ClientMsg::Presence {
+                    doc,
+                    state: Blob(b"here".to_vec()),
+                },
+            )
+            .await;
+            let r = replies(&mut ws, 5).await;
+            let refused = r.iter().any(|m| {
+                matches!(
+                    m,
+                    ServerMsg::Error {
+                        code: ErrorCode::Forbidden | ErrorCode::NotSubscribed,
+                        ..
+                    }
+                )
+            });
+            assert_eq!(
+                !refused,
+                subscribed && may(Permission::Presence),
+                "{user} presence: {r:?}"
+            );
+
+            for (p, ok) in [
+                (Permission::Write, acked),
+                (Permission::Mutate, applied),
+                (Permission::Lock, granted),
+            ] {
+                if ok {
+                    allowed.push((user.clone(), p));
+                }
+            }
+        }
+    }
+    // The matrix really covers both answers.
+    let writers: BTreeSet<&str> = allowed
+        .iter()
+        .filter(|(_, p)| *p == Permission::Write)
+        .map(|(u, _)| u.as_str())
+        .collect();
+    assert!(writers.contains("editor-none") && writers.contains("viewer-editor"));
+    assert!(!writers.contains("viewer-none") && !writers.contains("nobody-none"));
+
+    // Every entry in the log was written by someone allowed to write it.
+    let may = |user: &str, p: Permission| allowed.iter().any(|(u, q)| u == user && *q == p);
+    let log = server.handle.log();
+    log.flush().unwrap();
+    let entries = log.read(&doc, Seq(1), 10_000).unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        let user = e.author.user.as_str().to_string();
+        let p = match &e.kind {
+            EntryKind::Change(_) if user == UserId::SERVER => continue, // a mutation's change
+            EntryKind::Change(_) => Permission::Write,
+            EntryKind::Mutation(_) => Permission::Mutate,
+            EntryKind::Lock(_) => Permission::Lock,
+            other => panic!("unexpected entry {other:?}"),
+        };
+        assert!(
+            may(&user, p),
+            "{user} wrote a {} entry without {p}",
+            e.kind.name()
+        );
+    }
+}
+
+async fn acl(server: &TestServer, doc: DocId, token: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
+        .await
+        .unwrap();
+    let req = format!(
+        "PUT /api/docs/{doc}/acl HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8(raw).unwrap()[9..12].parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_acl_change_applies_to_live_sessions_and_a_revoked_user_is_disconnected() {
+    let server = start().await;
+    let url = server.handle.ws_url();
+    let doc = DocId::random();
+    let admin = token("root", &["admin"], None);
+    // Only admins change ACLs.
+    let body = r#"{"user": "ed", "role": "editor"}"#;
+    assert_eq!(
+        acl(&server, doc, &token("ed", &["editor"], None), body).await,
+        403
+    );
+    assert_eq!(acl(&server, doc, &admin, body).await, 204);
+
+    // ed is a viewer by token, an editor in this document by the ACL: ed writes.
+    let mut ed = hello_as(&url, token("ed", &["viewer"], None)).await;
+    subscribe(&mut ed, doc, None).await;
+    let mut w = converge_tests::Writer::new(b"ed-actor-0000001");
+    send(
+        &mut ed,
+        &ClientMsg::Push {
+            doc,
+            changes: vec![Blob(w.put("a", 1))],
+        },
+    )
+    .await;
+    assert!(
+        replies(&mut ed, 1)
+            .await
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Ack { .. }))
+    );
+
+    // The admin withdraws the grant: ed, still connected and still reading, can no longer write.
+    assert_eq!(
+        acl(&server, doc, &admin, r#"{"user": "ed", "role": null}"#).await,
+        204
+    );
+    send(
+        &mut ed,
+        &ClientMsg::Push {
+            doc,
+            changes: vec![Blob(w.put("b", 2))],
+        },
+    )
+    .await;
+    assert!(!allowed_by(&mut ed, |m| matches!(m, ServerMsg::Ack { .. })).await);
+    // ed still receives others' changes.
+    let mut other = hello_as(&url, token("ann", &["editor"], None)).await;
+    subscribe(&mut other, doc, None).await;
+    let mut wa = converge_tests::Writer::new(b"ann-actor-000001");
+    send(
+        &mut other,
+        &ClientMsg::Push {
+            doc,
+            changes: vec![Blob(wa.put("c", 3))],
+        },
+    )
+    .await;
+    loop {
+        if let ServerMsg::Changes { changes, .. } = recv(&mut ed).await
+            && changes.iter().any(|c| !c.is_empty())
+        {
+            break;
+        }
+    }
+    // Revoked: every session of ed ends.
+    server.handle.revoke_user(UserId::new("ed").unwrap()).await;
+    let (errors, close) = until_close(&mut ed).await;
+    assert!(errors.contains(&ErrorCode::Forbidden), "{errors:?}");
+    assert_eq!(
+        close.map(|c| u16::from(c.code)),
+        Some(CloseCode::Revoked.code())
+    );
+}
