@@ -162,13 +162,8 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
                 },
             )
             .await;
-            let r = replies(&mut ws, 2).await;
-            let acked = r.iter().any(|m| matches!(m, ServerMsg::Ack { .. }));
-            assert_eq!(
-                acked,
-                subscribed && may(Permission::Write),
-                "{user} write: {r:?}"
-            );
+            let acked = allowed_by(&mut ws, |m| matches!(m, ServerMsg::Ack { .. })).await;
+            assert_eq!(acked, subscribed && may(Permission::Write), "{user} write");
 
             // Mutate.
             send(
@@ -182,8 +177,7 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
                 },
             )
             .await;
-            let r = replies(&mut ws, 3).await;
-            let applied = r.iter().any(|m| {
+            let applied = allowed_by(&mut ws, |m| {
                 matches!(
                     m,
                     ServerMsg::MutationResult {
@@ -191,11 +185,12 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
                         ..
                     }
                 )
-            });
+            })
+            .await;
             assert_eq!(
                 applied,
                 subscribed && may(Permission::Mutate),
-                "{user} mutate: {r:?}"
+                "{user} mutate"
             );
 
             // Lock.
@@ -208,8 +203,7 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
                 },
             )
             .await;
-            let r = replies(&mut ws, 4).await;
-            let granted = r.iter().any(|m| {
+            let granted = allowed_by(&mut ws, |m| {
                 matches!(
                     m,
                     ServerMsg::LockResult {
@@ -217,12 +211,9 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
                         ..
                     }
                 )
-            });
-            assert_eq!(
-                granted,
-                subscribed && may(Permission::Lock),
-                "{user} lock: {r:?}"
-            );
+            })
+            .await;
+            assert_eq!(granted, subscribed && may(Permission::Lock), "{user} lock");
 
             // Presence: refused with Forbidden, or taken without a reply.
             send(
@@ -333,12 +324,7 @@ async fn an_acl_change_applies_to_live_sessions_and_a_revoked_user_is_disconnect
         },
     )
     .await;
-    assert!(
-        replies(&mut ed, 1)
-            .await
-            .iter()
-            .any(|m| matches!(m, ServerMsg::Ack { .. }))
-    );
+    assert!(allowed_by(&mut ed, |m| matches!(m, ServerMsg::Ack { .. })).await);
 
     // The admin withdraws the grant: ed, still connected and still reading, can no longer write.
     assert_eq!(
