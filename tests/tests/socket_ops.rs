@@ -242,6 +242,14 @@ async fn locks_fence_mutations_and_presence_reaches_the_others() -> anyhow::Resu
     .await
     .context("the lock is released")?;
 
+    // Drop a guard and take the lock again at once: the old Unlock's answer must not be taken
+    // for the new request's.
+    let g1 = tokio::time::timeout(WAIT, a.lock("row-2", Duration::from_secs(3))).await??;
+    drop(g1);
+    let g2 = tokio::time::timeout(WAIT, a.lock("row-2", Duration::from_secs(3))).await??;
+    until("the second guard holds the lock", || g2.is_held()).await?;
+    drop(g2);
+
     // Presence: alice's state reaches bob, stamped with her identity.
     a.set_presence(b"cursor:e1".to_vec())?;
     tokio::time::timeout(WAIT, async {

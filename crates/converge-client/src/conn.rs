@@ -358,19 +358,6 @@ impl Driver {
                     SessionEvent::MutationResult { doc, id, outcome } => {
                         self.mutation_decided(doc, id, outcome).await;
                     }
-                    SessionEvent::MutationIdsRewound { doc, last } => {
-                        if let Some(d) = self.shared.doc(&doc) {
-                            let done = tokio::task::spawn_blocking(move || {
-                                if let Err(e) = d.disk().stored.rewind_mutations(last) {
-                                    tracing::error!(doc = %d.id, error = %e, "could not store the rewound mutation counter");
-                                }
-                            })
-                            .await;
-                            if let Err(e) = done {
-                                tracing::error!(%doc, error = %e, "rewinding mutation ids failed");
-                            }
-                        }
-                    }
                     SessionEvent::MutationsSent { doc, ids } => {
                         if let Some(d) = self.shared.doc(&doc) {
                             ops::sent(&d, &ids);
@@ -378,7 +365,7 @@ impl Driver {
                     }
                     SessionEvent::LockResult { doc, key, outcome } => {
                         if let Some(d) = self.shared.doc(&doc) {
-                            ops::lock_answered(&d, &key, outcome);
+                            ops::lock_answered(&self.shared, &d, &key, outcome);
                         }
                     }
                     SessionEvent::LockState {

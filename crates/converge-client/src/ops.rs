@@ -144,6 +144,8 @@ pub(crate) struct Speculative {
     applied: Option<Position>,
     /// The document plus the mutations above; `None` when there are none.
     pub(crate) view: Option<AutoCommit>,
+    /// The mutations `view` was built with (so none runs in it twice).
+    in_view: std::collections::BTreeSet<MutationId>,
     waiters: HashMap<MutationId, oneshot::Sender<MutationOutcome>>,
     attempts: HashMap<MutationId, u32>,
 }
@@ -217,6 +219,7 @@ pub(crate) fn rebuild(
     am: &mut AutoCommit,
     spec: &mut Speculative,
 ) {
+    spec.in_view.clear();
     if spec.queued.is_empty() && spec.awaiting.is_empty() {
         spec.view = None;
         return;
@@ -229,10 +232,12 @@ pub(crate) fn rebuild(
         .chain(spec.queued.iter())
         .collect();
     all.sort_by_key(|m| m.id);
+    let ids: Vec<MutationId> = all.iter().map(|m| m.id).collect();
     for m in all {
         let c = ctx(shared, doc, m.fence);
         run_on(&shared.config.mutators, &mut view, m, &c);
     }
+    spec.in_view.extend(ids);
     spec.view = Some(view);
 }
 
@@ -389,10 +394,14 @@ impl DocHandle {
             // The result may already have come back; a rejected one is out of the view.
             let still_in = spec.queued.iter().any(|q| q.id == m.id)
                 || spec.awaiting.iter().any(|(q, _)| q.id == m.id);
-            if still_in {
+            // A rebuild since it was queued may already have run it in the view.
+            if still_in && !spec.in_view.contains(&m.id) {
                 let c = ctx(shared, doc, m.fence);
                 match spec.view.as_mut() {
-                    Some(view) => run_on(&shared.config.mutators, view, &m, &c),
+                    Some(view) => {
+                        run_on(&shared.config.mutators, view, &m, &c);
+                        spec.in_view.insert(m.id);
+                    }
                     None => rebuild(shared, doc, &mut am, &mut spec),
                 }
             }
@@ -544,11 +553,31 @@ fn watch_stream<T: Clone + Send + Sync + 'static>(
     })
 }
 
-/// A lock result from the server: to whoever waits for it.
-pub(crate) fn lock_answered(doc: &DocShared, key: &str, outcome: LockOutcome) {
-    if let Some(w) = lock(&doc.ops.lock_waiters).remove(key) {
-        let _ = w.send(outcome);
+/// A lock result from the server: to whoever waits for a `lock()` on that key. Only answers
+/// to a `Lock` go there (an `Unlock`'s `Released` of an earlier guard must not). A grant
+/// nobody waits for any more (its `lock()` timed out) is given back at once, so it cannot
+/// block others until its lease runs out.
+pub(crate) fn lock_answered(shared: &Shared, doc: &DocShared, key: &str, outcome: LockOutcome) {
+    if matches!(outcome, LockOutcome::Released) {
+        return;
     }
+    let waiter = lock(&doc.ops.lock_waiters).remove(key);
+    match (waiter, outcome) {
+        (Some(w), outcome) => {
+            if let Err(LockOutcome::Granted { token, .. }) = w.send(outcome) {
+                give_back(shared, doc, key, token);
+            }
+        }
+        (None, LockOutcome::Granted { token, .. }) => give_back(shared, doc, key, token),
+        (None, _) => {}
+    }
+}
+
+fn give_back(shared: &Shared, doc: &DocShared, key: &str, token: FencingToken) {
+    lock(&shared.session)
+        .session
+        .unlock(doc.id, key.to_string(), token);
+    shared.wake.notify_one();
 }
 
 /// The lock table changed.

@@ -108,20 +108,6 @@ impl MutationQueue {
     }
 }
 
-impl MutationQueue {
-    /// The server refused mutations after `last` without recording them: their ids are given
-    /// out again. The file is rewritten with `last` and what is still queued below it.
-    pub(crate) fn rewind(&mut self, last: MutationId) -> Result<(), StoreError> {
-        self.queued.retain(|m| m.id <= last);
-        let mut records = vec![encode_id(LAST_ID, last.get())];
-        records.extend(self.queued.iter().map(encode_queued));
-        self.log.rewrite(&records)?;
-        self.last_id = last.get();
-        self.settled_records = 0;
-        Ok(())
-    }
-}
-
 enum Record {
     Queued(QueuedMutation),
     Settled(u64),

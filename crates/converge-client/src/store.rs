@@ -292,11 +292,6 @@ impl StoredDoc {
         self.mutations.settle(id)
     }
 
-    /// Gives ids after `last` out again (the server refused those mutations unrecorded).
-    pub fn rewind_mutations(&mut self, last: MutationId) -> Result<(), StoreError> {
-        self.mutations.rewind(last)
-    }
-
     /// Mutations the server has not answered.
     pub fn queued_mutations(&self) -> usize {
         self.mutations.queued().len()

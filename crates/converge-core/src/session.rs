@@ -115,9 +115,6 @@ pub enum SessionEvent {
         id: MutationId,
         outcome: MutationOutcome,
     },
-    /// Mutations were refused without being recorded (`Forbidden`): the next id is `last + 1`
-    /// again. The shell stores the counter (its stored queue no longer holds them).
-    MutationIdsRewound { doc: DocId, last: MutationId },
     /// These mutations went on the wire (again, after a reconnect or a transient error).
     MutationsSent { doc: DocId, ids: Vec<MutationId> },
     /// A lock request was answered.
@@ -391,14 +388,6 @@ impl ClientSession {
     }
 
     fn mutation_result(&mut self, doc: DocId, id: MutationId, outcome: MutationOutcome) {
-        if let MutationOutcome::Rejected {
-            code: ErrorCode::Forbidden,
-            message,
-        } = &outcome
-        {
-            self.mutations_forbidden(doc, id, message.clone());
-            return;
-        }
         let Some(d) = self.docs.get_mut(&doc) else {
             return;
         };
@@ -415,41 +404,6 @@ impl ClientSession {
         self.events
             .push_back(SessionEvent::MutationResult { doc, id, outcome });
         self.send_mutations(doc);
-    }
-
-    /// The server refused mutation `id` for lack of permission, without recording it: the id
-    /// did not count. It and every later queued mutation of the document (they would be
-    /// refused alike) leave the queue as `Rejected{Forbidden}`, and the next mutation reuses
-    /// `id` (the shell stores the rewound counter: `MutationIdsRewound`).
-    fn mutations_forbidden(&mut self, doc: DocId, id: MutationId, message: String) {
-        let Some(d) = self.docs.get_mut(&doc) else {
-            return;
-        };
-        if !d.mutations.iter().any(|m| m.id == id) {
-            return; // already handled (a later Forbidden of the same batch)
-        }
-        let dropped: Vec<MutationId> = d
-            .mutations
-            .iter()
-            .filter(|m| m.id >= id)
-            .map(|m| m.id)
-            .collect();
-        d.mutations.retain(|m| m.id < id);
-        d.mutations_sent = d.mutations_sent.min(d.mutations.len());
-        d.last_mutation = id.get().saturating_sub(1);
-        let last = MutationId(d.last_mutation);
-        for m in dropped {
-            self.events.push_back(SessionEvent::MutationResult {
-                doc,
-                id: m,
-                outcome: MutationOutcome::Rejected {
-                    code: ErrorCode::Forbidden,
-                    message: message.clone(),
-                },
-            });
-        }
-        self.events
-            .push_back(SessionEvent::MutationIdsRewound { doc, last });
     }
 
     /// Stops tracking a document.
@@ -923,7 +877,9 @@ impl ClientSession {
             // refusal) was not processed: every unanswered one goes out again on the next
             // trigger (a result, Live, a heartbeat, a new mutation). Duplicates are answered
             // with their recorded outcome, so resending is safe.
-            if !matches!(code.code(), 4000..=4999) {
+            // Only errors about a mutation (the hub names it: "mutation <id>: ...") put the
+            // window back; any other error would resend mutations still being processed.
+            if message.starts_with("mutation ") {
                 d.mutations_sent = 0;
             }
         }

@@ -261,7 +261,14 @@ impl Authenticator for JwtAuthenticator {
         Ok(Identity {
             user,
             roles: claims.roles,
-            expires_at_ms: Some(claims.exp.saturating_mul(1000)),
+            // The same leeway as the check above, or a token accepted within it would end
+            // its session at the next tick.
+            expires_at_ms: Some(
+                claims
+                    .exp
+                    .saturating_add(self.leeway_secs)
+                    .saturating_mul(1000),
+            ),
             grants,
         })
     }

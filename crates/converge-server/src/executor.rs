@@ -205,6 +205,13 @@ impl LogExecutor {
                 outcome,
             }),
         };
+        if let Some(message) = &req.denied {
+            let appended = self
+                .log
+                .append(doc, vec![entry(rejected(ErrorCode::Forbidden, message))])
+                .map_err(|e| refusal(&e))?;
+            return self.mutated(doc, epoch, appended);
+        }
         let lock = match &req.fence {
             FenceCheck::None => None,
             FenceCheck::Valid { key, token } => Some((key.clone(), *token)),
@@ -225,24 +232,36 @@ impl LogExecutor {
             lock,
         };
         let server = Author::user(UserId::server());
-        let (_, appended) = self
-            .store
-            .transact(
-                doc,
-                &server,
-                req.now_ms,
-                |d| self.mutators.run(&req.name, d, &req.args, &ctx),
-                |r| {
-                    vec![entry(match r {
-                        Ok(()) => converge_log::MutationOutcome::Applied,
-                        Err(rej) => rejected(rej.code, &rej.message),
-                    })]
-                },
-            )
-            .map_err(|e| match e {
-                StoreError::Log(e) => refusal(&e),
-                other => Refusal::new(ErrorCode::StorageFailed, other.to_string()),
-            })?;
+        let result = self.store.transact(
+            doc,
+            &server,
+            req.now_ms,
+            |d| self.mutators.run(&req.name, d, &req.args, &ctx),
+            |r| {
+                vec![entry(match r {
+                    Ok(()) => converge_log::MutationOutcome::Applied,
+                    Err(rej) => rejected(rej.code, &rej.message),
+                })]
+            },
+        );
+        let appended = match result {
+            Ok((_, appended)) => appended,
+            // The log refused what the mutator made (a change over the size limit, one that
+            // breaks a causal rule): that is this mutation's outcome, recorded so its id
+            // counts and the client's queue moves on. Storage failures are not outcomes: the
+            // mutation is not recorded and the client sends it again.
+            Err(StoreError::Log(e)) if !transient(&e) => {
+                let r = refusal(&e);
+                let message = format!("the log refused the mutator's change: {}", r.message);
+                self.log
+                    .append(doc, vec![entry(rejected(r.code, &message))])
+                    .map_err(|e| refusal(&e))?
+            }
+            Err(StoreError::Log(e)) => return Err(refusal(&e)),
+            Err(other) => {
+                return Err(Refusal::new(ErrorCode::StorageFailed, other.to_string()));
+            }
+        };
         self.mutated(doc, epoch, appended)
     }
 
@@ -394,10 +413,13 @@ impl LogExecutor {
 
     /// What a subscriber at `after` needs, holding only durable entries.
     pub fn catchup(&self, doc: &DocId, after: Option<Position>) -> Result<Catchup, Refusal> {
-        // Everything appended before this point is made durable before any of it is read
-        // out, so nothing a crash could take back is ever handed to a subscriber.
+        // The head first, then a ticket covering it: everything up to the head is durable
+        // before any of it is read out, so nothing a crash could take back is ever handed to
+        // a subscriber (waiting first and reading the head after would let entries staged in
+        // between through unflushed).
+        let head = self.log.head(doc);
         self.log.durable().wait().map_err(|e| refusal(&e))?;
-        let head = match self.log.head(doc) {
+        let head = match head {
             Ok(h) => h,
             // A document nobody pushed to yet: an empty stream (created by the first push).
             // A client that claims a position in it holds what this server lacks (it lost
@@ -439,6 +461,11 @@ impl LogExecutor {
                     // and the whole stream after it.
                     None => (Seq(0), automerge::AutoCommit::new().save()),
                 };
+                if seq > head.last_seq {
+                    // A snapshot written after the head was read: it covers entries the
+                    // ticket above may not; wait for one that does.
+                    self.log.durable().wait().map_err(|e| refusal(&e))?;
+                }
                 Ok(Catchup::Snapshot {
                     epoch: head.epoch,
                     seq,
@@ -552,6 +579,21 @@ impl LogExecutor {
         }
         Ok(out)
     }
+}
+
+/// Log errors that say nothing about the mutation itself (the store failed, the document is
+/// broken or deleted): the mutation is not recorded.
+fn transient(e: &LogError) -> bool {
+    matches!(
+        e,
+        LogError::Storage(_)
+            | LogError::Flush(_)
+            | LogError::Closed
+            | LogError::Corrupt { .. }
+            | LogError::CorruptRecord { .. }
+            | LogError::Tombstoned(_)
+            | LogError::UnknownDoc(_)
+    )
 }
 
 /// A rejected outcome for the log (the message cut to what the log stores).

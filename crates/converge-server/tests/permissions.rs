@@ -271,6 +271,16 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
         let p = match &e.kind {
             EntryKind::Change(_) if user == UserId::SERVER => continue, // a mutation's change
             EntryKind::Change(_) => Permission::Write,
+            // A refused mutation is recorded (its id counts) but carries no change.
+            EntryKind::Mutation(m)
+                if m.outcome
+                    == (converge_log::MutationOutcome::Rejected {
+                        code: ErrorCode::Forbidden.code(),
+                        message: "your roles do not allow mutations in this document".into(),
+                    }) =>
+            {
+                continue;
+            }
             EntryKind::Mutation(_) => Permission::Mutate,
             EntryKind::Lock(_) => Permission::Lock,
             other => panic!("unexpected entry {other:?}"),

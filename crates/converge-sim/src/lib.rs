@@ -527,10 +527,6 @@ impl Sim {
         while let Some(ev) = c.session.poll_event() {
             match ev {
                 SessionEvent::Error { code, message, .. } => c.errors.push((code, message)),
-                SessionEvent::MutationIdsRewound { last, .. } => {
-                    c.store.mutations.retain(|m| m.id <= last);
-                    c.store.last_mutation = last.get();
-                }
                 SessionEvent::MutationResult { id, outcome, .. } => {
                     // Off the durable queue; an applied one stays in the view until the
                     // document holds its change.

@@ -34,6 +34,9 @@ pub struct MutationRequest {
     pub fence: FenceCheck,
     /// Server time when the hub took it in: the mutator's `Ctx::now_ms`.
     pub now_ms: u64,
+    /// The caller may not mutate this document: record `Rejected{Forbidden}` with this
+    /// message instead of running the mutator (the id still counts, so ids are never reused).
+    pub denied: Option<String>,
 }
 
 /// The shell's answer to [`Output::Mutate`].
@@ -124,15 +127,24 @@ impl Hub {
             None
         };
         if let Some(r) = refusal {
-            self.error(session, r.code, &r.message, Some(doc));
+            // Refusals of a mutation name it, so the client resends exactly those.
+            let message = match &msg {
+                ClientMsg::Mutate { mutation_id, .. } => {
+                    format!("mutation {}: {}", mutation_id.get(), r.message)
+                }
+                _ => r.message,
+            };
+            self.error(session, r.code, &message, Some(doc));
             return;
         }
         let needs_table = !matches!(msg, ClientMsg::Mutate { fence: None, .. });
-        if needs_table
-            && let Some(l) = self.locks.get_mut(&doc)
-            && l.table.is_none()
-        {
-            l.held.push(Held::Msg(session, msg));
+        if needs_table && self.locks.get(&doc).is_none_or(|l| l.table.is_none()) {
+            // Not loaded (or its load failed): (re)load it and hold the request meanwhile;
+            // never decide on a table that is not the log's.
+            self.load_locks(doc);
+            if let Some(l) = self.locks.get_mut(&doc) {
+                l.held.push(Held::Msg(session, msg));
+            }
             return;
         }
         let Some(peer) = self.identity_peer(session) else {
@@ -198,23 +210,11 @@ impl Hub {
         fence: Option<FencingToken>,
         now_ms: u64,
     ) {
-        if !self.may(session, &doc, Permission::Mutate) {
-            // Not recorded (no denied request reaches the log), so the id does not count:
-            // the client drops this and every later queued mutation of the document and
-            // reuses the id (docs/protocol.md section 9).
-            let msg = ServerMsg::MutationResult {
-                doc,
-                mutation_id,
-                outcome: MutationOutcome::Rejected {
-                    code: ErrorCode::Forbidden,
-                    message: "your roles do not allow mutations in this document".into(),
-                },
-            };
-            if let Some(frame) = self.encode(&msg) {
-                self.deliver(doc, session, Item::Frame(frame));
-            }
-            return;
-        }
+        // A forbidden mutation is still an outcome: recorded as Rejected{Forbidden} (never the
+        // mutator, never a change), so its id counts and is never given out twice, and a
+        // duplicate of an id already processed still gets its recorded answer.
+        let denied = (!self.may(session, &doc, Permission::Mutate))
+            .then(|| "your roles do not allow mutations in this document".to_string());
         let in_flight = self
             .sessions
             .get(&session)
@@ -266,6 +266,7 @@ impl Hub {
             args,
             fence,
             now_ms,
+            denied,
         };
         self.emit_mutation(Origin::Session(session), request);
     }
@@ -351,6 +352,7 @@ impl Hub {
             args: m.args,
             fence,
             now_ms,
+            denied: None,
         };
         self.pending.insert(
             ticket,
@@ -492,6 +494,7 @@ impl Hub {
             }
         }
         self.expire_locks(now_ms);
+        self.forget_locks_if_idle(&doc);
     }
 
     fn lock_decided(
@@ -578,9 +581,16 @@ impl Hub {
                 return;
             }
         };
+        let mut gone = Vec::new();
         for (i, c) in changes.iter().enumerate() {
             let token = recorded.tokens.get(i).copied().flatten();
             self.table(&doc).applied(c, token);
+            // Granted to a session that left while the grant was on its way: give it back.
+            if let LockChange::Granted { peer, .. } = c
+                && self.sessions.get(&peer.session).is_none_or(|s| s.closed)
+            {
+                gone.push(peer.session);
+            }
         }
         if let Some(d) = self.docs.get_mut(&doc) {
             d.epoch = Some(recorded.epoch);
@@ -623,6 +633,9 @@ impl Hub {
             if let Some(frame) = self.encode(&msg) {
                 self.deliver(doc, session, Item::Frame(frame));
             }
+        }
+        for session in gone {
+            self.release_locks_of(session);
         }
         self.forget_locks_if_idle(&doc);
         self.after_write();
