@@ -125,3 +125,93 @@ fn pushes_in_flight_per_document_are_bounded_and_freed_by_acks() {
     let (msgs, appends, _) = drain(&mut hub);
     assert_eq!(appends.len(), 1, "{msgs:?}");
 }
+
+/// An Ack that became due while the session was catching up is not lost when the session
+/// subscribes again before that catch-up answered: it carries over to the new one.
+#[test]
+fn answers_queued_during_a_catch_up_survive_a_resubscribe() {
+    let mut hub = Hub::new(HubConfig::default(), Box::new(DevAuthenticator));
+    let s = hub.connect(0);
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some("alice".into()),
+        },
+    );
+    let subscribe = ClientMsg::Subscribe {
+        doc: DOC,
+        after: None,
+    };
+    send(&mut hub, s, &subscribe);
+    let (_, _, first) = drain(&mut hub);
+    hub.handle_catchup(
+        first[0],
+        Ok(Catchup::Replay {
+            epoch: Epoch(1),
+            from_seq: Seq(1),
+            entries: Vec::new(),
+        }),
+    );
+    drain(&mut hub);
+    // A push goes to the log; the session subscribes again before the Ack is due.
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "k", 1).unwrap();
+    doc.commit();
+    let c = doc.get_last_local_change().unwrap();
+    let (blob, hash) = (Blob(c.raw_bytes().to_vec()), ChangeHash(c.hash().0));
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Push {
+            doc: DOC,
+            changes: vec![blob.clone()],
+        },
+    );
+    let (_, appends, _) = drain(&mut hub);
+    send(&mut hub, s, &subscribe);
+    let (_, _, second) = drain(&mut hub);
+    // The Ack is due while the second catch-up runs (queued), then a third Subscribe replaces
+    // the second before it answers.
+    hub.handle_appended(
+        appends[0],
+        std::slice::from_ref(&blob),
+        Ok(Appended {
+            epoch: Epoch(1),
+            changes: vec![PushedChange {
+                hash,
+                seq: Seq(1),
+                new: true,
+            }],
+        }),
+    );
+    let (msgs, _, _) = drain(&mut hub);
+    assert!(msgs.is_empty(), "queued while catching up: {msgs:?}");
+    send(&mut hub, s, &subscribe);
+    let (_, _, third) = drain(&mut hub);
+    hub.handle_catchup(
+        second[0],
+        Ok(Catchup::Replay {
+            epoch: Epoch(1),
+            from_seq: Seq(1),
+            entries: vec![blob.clone()],
+        }),
+    );
+    assert!(drain(&mut hub).0.is_empty(), "the stale answer is ignored");
+    hub.handle_catchup(
+        third[0],
+        Ok(Catchup::Replay {
+            epoch: Epoch(1),
+            from_seq: Seq(1),
+            entries: vec![blob],
+        }),
+    );
+    let (msgs, _, _) = drain(&mut hub);
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, ServerMsg::Ack { heads, .. } if heads == &vec![hash])),
+        "the Ack carried over: {msgs:?}"
+    );
+}

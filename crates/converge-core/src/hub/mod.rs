@@ -738,12 +738,22 @@ impl Hub {
         // A new subscription decides afresh whether this session must reconcile.
         s.reconciling.remove(&doc);
         // Register first, then read: whatever is appended while the read runs is queued.
+        // A subscription still catching up is replaced; the answers queued for it (Acks,
+        // mutation and lock results) carry over, its entries are read again.
         let ticket = self.ticket();
-        self.docs.entry(doc).or_default().subs.insert(
+        let d = self.docs.entry(doc).or_default();
+        let carried: Vec<Item> = match d.subs.remove(&session) {
+            Some(Sub::CatchingUp { queued, .. }) => queued
+                .into_iter()
+                .filter(|i| !matches!(i, Item::Changes { .. }))
+                .collect(),
+            _ => Vec::new(),
+        };
+        d.subs.insert(
             session,
             Sub::CatchingUp {
                 ticket,
-                queued: Vec::new(),
+                queued: carried,
             },
         );
         self.pending
@@ -1161,6 +1171,7 @@ impl Hub {
         let catchup = match result {
             Ok(c) => c,
             Err(r) => {
+                self.flush_answers(doc, session, queued);
                 self.error(session, r.code, &r.message, Some(doc));
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.docs.remove(&doc);
@@ -1191,6 +1202,7 @@ impl Hub {
                 }
                 let size = bytes.len() + 64;
                 if size > self.config.limits.max_server_frame_bytes as usize {
+                    self.flush_answers(doc, session, queued);
                     self.error(
                         session,
                         ErrorCode::SnapshotTooLarge,
@@ -1268,6 +1280,16 @@ impl Hub {
                         .map(|(from, to)| (from.max(through.next()), to));
                     self.send_ack(session, doc, upto, heads, new);
                 }
+            }
+        }
+    }
+
+    /// A subscription ends without going live: the answers queued for it still go out (the
+    /// entries do not: the client asks for them again when it subscribes again).
+    fn flush_answers(&mut self, doc: DocId, session: SessionId, queued: Vec<Item>) {
+        for item in queued {
+            if !matches!(item, Item::Changes { .. }) {
+                self.send_item(doc, session, item);
             }
         }
     }
