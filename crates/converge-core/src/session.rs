@@ -831,6 +831,15 @@ impl ClientSession {
     }
 
     fn error(&mut self, code: ErrorCode, message: String, doc: Option<DocId>) {
+        if code == ErrorCode::RateLimited && message.contains("messages per second") {
+            // The server dropped messages (this client sent too fast): anything on the wire
+            // may be gone. Pushes and mutations go out again on the next trigger (the
+            // server's dedup makes that safe).
+            for d in self.docs.values_mut() {
+                d.in_flight = 0;
+                d.mutations_sent = 0;
+            }
+        }
         if let Some(doc) = doc
             && self.is_reconciling(&doc)
             && matches!(code, ErrorCode::BadSyncMessage)

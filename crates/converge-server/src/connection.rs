@@ -7,7 +7,26 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub_task::{ConnOut, HubEvent, OUTBOX};
 
 /// Runs a connection until either side closes it.
-pub(crate) async fn run(socket: WebSocket, hub: mpsc::Sender<HubEvent>, token: Option<String>) {
+/// Messages per second and burst allowed on one connection, checked before the hub: a
+/// flooding connection's excess never reaches the hub's queue, so it cannot slow the others.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateLimit {
+    pub(crate) per_sec: u32,
+    pub(crate) burst: u32,
+}
+
+pub(crate) async fn run(
+    socket: WebSocket,
+    hub: mpsc::Sender<HubEvent>,
+    token: Option<String>,
+    rate: RateLimit,
+) {
+    let quota = std::num::NonZeroU32::new(rate.per_sec.max(1))
+        .map(governor::Quota::per_second)
+        .zip(std::num::NonZeroU32::new(rate.burst.max(1)))
+        .map(|(q, b)| q.allow_burst(b));
+    let limiter = quota.map(governor::RateLimiter::direct);
+    let mut told: Option<tokio::time::Instant> = None;
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOX);
     let (kill_tx, mut kill_rx) = oneshot::channel();
     let (reply, session) = oneshot::channel();
@@ -30,6 +49,15 @@ pub(crate) async fn run(socket: WebSocket, hub: mpsc::Sender<HubEvent>, token: O
         tokio::select! {
             msg = stream.next(), if reading => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
+                    if limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+                        // Dropped here; the hub tells the client at most once a second.
+                        let now = tokio::time::Instant::now();
+                        if told.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
+                            told = Some(now);
+                            let _ = hub.send(HubEvent::RateLimited { session }).await;
+                        }
+                        continue;
+                    }
                     if hub.send(HubEvent::Frame { session, bytes }).await.is_err() {
                         break;
                     }

@@ -50,6 +50,10 @@ pub(crate) enum HubEvent {
     Text {
         session: SessionId,
     },
+    /// The connection dropped messages over its rate limit.
+    RateLimited {
+        session: SessionId,
+    },
     Oversize {
         session: SessionId,
         size: usize,
@@ -330,6 +334,7 @@ async fn run(
                     }
                     HubEvent::Frame { session, bytes } => hub.handle_frame(session, &bytes, now_ms()),
                     HubEvent::Text { session } => hub.handle_text(session),
+                    HubEvent::RateLimited { session } => hub.handle_rate_limited(session),
                     HubEvent::Oversize { session, size } => hub.handle_oversize(session, size),
                     HubEvent::Disconnect { session } => {
                         conns.remove(&session);

@@ -233,12 +233,16 @@ async fn ws(
     // itself and answers with a code; only far larger frames are cut off by the transport.
     let transport_limit = (c.hub.limits.max_frame_bytes as usize).saturating_mul(2);
     let hub = state.hub.clone();
+    let rate = crate::connection::RateLimit {
+        per_sec: c.hub.messages_per_sec,
+        burst: c.hub.message_burst,
+    };
     upgrade
         .read_buffer_size(c.ws_read_buffer)
         .write_buffer_size(c.ws_write_buffer)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| crate::connection::run(socket, hub, token))
+        .on_upgrade(move |socket| crate::connection::run(socket, hub, token, rate))
 }
 
 async fn healthz() -> &'static str {

@@ -188,6 +188,10 @@ pub struct HubConfig {
     pub max_locks_per_session: usize,
     /// Role name -> permissions.
     pub roles: crate::permissions::Roles,
+    /// Messages per second one connection may send on average (a token bucket holding
+    /// `message_burst`); beyond it messages are refused with `RateLimited` and dropped.
+    pub messages_per_sec: u32,
+    pub message_burst: u32,
 }
 
 impl Default for HubConfig {
@@ -208,6 +212,8 @@ impl Default for HubConfig {
             max_presence_bytes: 4096,
             max_locks_per_session: 64,
             roles: crate::permissions::Roles::default(),
+            messages_per_sec: 500,
+            message_burst: 1000,
         }
     }
 }
@@ -238,6 +244,12 @@ struct Session {
     pushes_in_flight: HashMap<DocId, u32>,
     /// Mutations handed to the shell and not yet answered, per document.
     mutations_in_flight: HashMap<DocId, u32>,
+    /// The message rate limit: credit in thousandths of a message, as of `credit_at_ms`.
+    credit_milli: u64,
+    credit_at_ms: u64,
+    /// When this session was last told it is rate limited (told at most once a second,
+    /// except for pushes and mutations, which the client must know to send again).
+    limited_told_ms: Option<u64>,
     /// The token the WebSocket upgrade carried (`Authorization: Bearer`), used when `Hello`
     /// has none.
     upgrade_token: Option<String>,
@@ -401,6 +413,9 @@ impl Hub {
                 pushes_in_flight: HashMap::new(),
                 mutations_in_flight: HashMap::new(),
                 upgrade_token: token,
+                credit_milli: u64::from(self.config.message_burst) * 1000,
+                credit_at_ms: now_ms,
+                limited_told_ms: None,
                 last_seen_ms: now_ms,
                 closed: false,
             },
@@ -432,10 +447,69 @@ impl Hub {
             return;
         }
         s.last_seen_ms = now_ms;
+        // The bucket refills `messages_per_sec` per second, up to `message_burst`.
+        let (rate, burst) = (
+            u64::from(self.config.messages_per_sec),
+            u64::from(self.config.message_burst) * 1000,
+        );
+        let elapsed = now_ms.saturating_sub(s.credit_at_ms);
+        s.credit_milli = (s.credit_milli + elapsed.saturating_mul(rate)).min(burst);
+        s.credit_at_ms = s.credit_at_ms.max(now_ms);
+        let allowed = s.credit_milli >= 1000;
+        if allowed {
+            s.credit_milli -= 1000;
+        }
         match decode_client(frame, limit) {
-            Ok(msg) => self.handle_msg(session, msg, now_ms),
+            Ok(msg) if allowed => self.handle_msg(session, msg, now_ms),
+            Ok(msg) => self.rate_limited(session, &msg, now_ms),
             Err(e) => self.refuse_frame(session, &e),
         }
+    }
+
+    /// The shell dropped messages of this session over its rate limit (it checks before the
+    /// hub, so a flood never queues here): the client is told, and re-sends what it needs.
+    pub fn handle_rate_limited(&mut self, session: SessionId) {
+        let message = format!(
+            "more than {} messages per second: messages were dropped",
+            self.config.messages_per_sec
+        );
+        self.error(session, ErrorCode::RateLimited, &message, None);
+    }
+
+    /// A message over the connection's rate: dropped, and the sender told (`RateLimited`).
+    fn rate_limited(&mut self, session: SessionId, msg: &ClientMsg, now_ms: u64) {
+        let rate = self.config.messages_per_sec;
+        let (doc, message) = match msg {
+            ClientMsg::Mutate {
+                doc, mutation_id, ..
+            } => (
+                Some(*doc),
+                format!(
+                    "mutation {}: more than {rate} messages per second; send it again later",
+                    mutation_id.get()
+                ),
+            ),
+            ClientMsg::Push { doc, .. } => (
+                Some(*doc),
+                format!("push dropped: more than {rate} messages per second"),
+            ),
+            _ => {
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if s.limited_told_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) < 1000)
+                {
+                    return;
+                }
+                s.limited_told_ms = Some(now_ms);
+                (
+                    None,
+                    format!("more than {rate} messages per second: messages were dropped"),
+                )
+            }
+        };
+        self.error(session, ErrorCode::RateLimited, &message, doc);
     }
 
     /// A text frame arrived: the protocol is binary only.
