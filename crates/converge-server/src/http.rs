@@ -283,3 +283,32 @@ pub(crate) async fn put_acl(
         .await;
     StatusCode::NO_CONTENT.into_response()
 }
+
+/// `GET /api/stats` (admin): what the server holds now.
+pub(crate) async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&state, &headers) {
+        return r;
+    }
+    let Some(s) = crate::hub_task::stats(&state.hub).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown,
+            "stopping",
+        );
+    };
+    let log = state.log.clone();
+    let log_bytes = tokio::task::spawn_blocking(move || log.size_on_disk())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let body = serde_json::json!({
+        "connections": s.sessions,
+        "sessions_by_user": s.sessions_by_user,
+        "subscriptions": s.subscriptions,
+        "documents_subscribed": s.docs,
+        "documents_loaded": state.store.loaded().len(),
+        "locks_held": s.locks_held,
+        "log_bytes": log_bytes,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}

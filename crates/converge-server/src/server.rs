@@ -46,6 +46,9 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<ServerConfig>,
     /// The same authenticator the hub uses, for the HTTP API.
     pub(crate) auth: Arc<dyn Authenticator + Sync>,
+    pub(crate) log: Arc<dyn EventLog>,
+    /// The documents the server holds materialized.
+    pub(crate) store: Arc<converge_log::DocStore>,
 }
 
 /// A running server.
@@ -163,14 +166,14 @@ pub async fn start_with_log(
     let addr = listener.local_addr().map_err(ServerError::Start)?;
     let auth = config.auth.authenticator()?;
     let hub = Hub::new(config.hub.clone(), Box::new(auth.clone()));
-    let (hub_tx, ready, tasks) = hub_task::spawn(
-        hub,
-        LogExecutor::new(log.clone()).with_mutators(config.mutators.clone()),
-    )
-    .map_err(ServerError::Start)?;
+    let exec = LogExecutor::new(log.clone()).with_mutators(config.mutators.clone());
+    let store = exec.store().clone();
+    let (hub_tx, ready, tasks) = hub_task::spawn(hub, exec).map_err(ServerError::Start)?;
     let state = AppState {
         hub: hub_tx.clone(),
         ready,
+        log: log.clone(),
+        store,
         config: Arc::new(config),
         auth,
     };
@@ -207,6 +210,7 @@ fn router(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/stats", get(crate::http::stats))
         .route(
             "/api/docs/{id}/acl",
             get(crate::http::get_acl).put(crate::http::put_acl),

@@ -378,3 +378,69 @@ async fn an_acl_change_applies_to_live_sessions_and_a_revoked_user_is_disconnect
         Some(CloseCode::Revoked.code())
     );
 }
+
+async fn get(server: &TestServer, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
+        .await
+        .unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let json = text
+        .find('{')
+        .and_then(|a| text.rfind('}').map(|b| &text[a..=b]))
+        .unwrap_or("null");
+    (
+        text[9..12].parse().unwrap(),
+        serde_json::from_str(json).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn stats_and_acl_reads_are_for_admins() {
+    let server = start().await;
+    let url = server.handle.ws_url();
+    let doc = DocId::random();
+    let mut ann = hello_as(&url, token("ann", &["editor"], None)).await;
+    subscribe(&mut ann, doc, None).await;
+    let _bob = hello_as(&url, token("bob", &["viewer"], None)).await;
+    let admin = token("root", &["admin"], None);
+
+    let (status, body) = get(&server, "/api/stats", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("Unauthorized"))
+    );
+    let editor = token("ann", &["editor"], None);
+    let (status, body) = get(&server, "/api/stats", Some(&editor)).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("Forbidden")));
+    let (status, body) = get(&server, "/api/stats", Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connections"], 2);
+    assert_eq!(body["sessions_by_user"]["ann"], 1);
+    assert_eq!(body["sessions_by_user"]["bob"], 1);
+    assert_eq!(body["subscriptions"], 1);
+    assert!(body["log_bytes"].as_u64().is_some());
+
+    assert_eq!(
+        acl(&server, doc, &admin, r#"{"user": "bob", "role": "editor"}"#).await,
+        204
+    );
+    let path = format!("/api/docs/{doc}/acl");
+    let (status, body) = get(&server, &path, Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["grants"],
+        serde_json::json!([{"user": "bob", "role": "editor"}])
+    );
+    let (status, _) = get(&server, &path, Some(&editor)).await;
+    assert_eq!(status, 403);
+    let (status, body) = get(&server, "/api/docs/nope/acl", Some(&admin)).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("UnknownDoc")));
+    // A body that is not {"user", "role"}: 422.
+    assert_eq!(acl(&server, doc, &admin, "{}").await, 422);
+}

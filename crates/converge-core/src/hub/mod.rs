@@ -224,6 +224,10 @@ pub struct HubStats {
     pub sessions: usize,
     pub subscriptions: usize,
     pub docs: usize,
+    /// Ready sessions per user.
+    pub sessions_by_user: std::collections::BTreeMap<String, usize>,
+    /// Locks held, over every document.
+    pub locks_held: usize,
 }
 
 #[derive(Debug)]
@@ -625,10 +629,25 @@ impl Hub {
     }
 
     pub fn stats(&self) -> HubStats {
+        let mut sessions_by_user = std::collections::BTreeMap::new();
+        for s in self.sessions.values() {
+            if let Handshake::Ready { identity } = &s.handshake {
+                *sessions_by_user
+                    .entry(identity.user.as_str().to_string())
+                    .or_insert(0) += 1;
+            }
+        }
         HubStats {
             sessions: self.sessions.len(),
             subscriptions: self.docs.values().map(|d| d.subs.len()).sum(),
             docs: self.docs.len(),
+            sessions_by_user,
+            locks_held: self
+                .locks
+                .values()
+                .filter_map(|l| l.table.as_ref())
+                .map(|t| t.holders().count())
+                .sum(),
         }
     }
 
