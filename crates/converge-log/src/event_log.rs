@@ -156,6 +156,13 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// `expires_at_ms` with the time).
     fn locks(&self, doc: &DocId) -> Result<Vec<LockRecord>, LogError>;
 
+    /// Sets (or, with `None`, removes) an admin grant: `user`'s role in `doc`. Kept apart
+    /// from the document's stream (it is configuration, not history); copied by restore.
+    fn set_acl(&self, doc: &DocId, user: &UserId, role: Option<&str>) -> Result<Durable, LogError>;
+
+    /// Every admin grant: (document, user, role).
+    fn acls(&self) -> Result<Vec<(DocId, UserId, String)>, LogError>;
+
     /// The last fencing token issued (monotonic across restarts).
     fn fencing_counter(&self) -> Result<FencingToken, LogError>;
 

@@ -14,6 +14,7 @@ pub(crate) const SNAPSHOT: u8 = b'S';
 pub(crate) const INDEX: u8 = b'I';
 pub(crate) const LOCK: u8 = b'L';
 pub(crate) const OUTCOME: u8 = b'O';
+pub(crate) const ACL: u8 = b'C';
 
 pub(crate) fn doc_key(tag: u8, doc: &DocId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 16 + 32);
@@ -56,6 +57,11 @@ pub(crate) fn outcome(doc: &DocId, client: &ClientId, id: MutationId) -> Vec<u8>
     let mut k = with_suffix(OUTCOME, doc, client.as_bytes());
     k.extend_from_slice(&id.get().to_be_bytes());
     k
+}
+
+/// An admin grant: a user's role in a document.
+pub(crate) fn acl(doc: &DocId, user: &str) -> Vec<u8> {
+    with_suffix(ACL, doc, user.as_bytes())
 }
 
 /// The first key after every key that starts with `prefix`.

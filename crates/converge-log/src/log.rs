@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use converge_proto::limits::{MAX_BATCH_ENTRIES, MAX_SNAPSHOT_BYTES};
-use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationId, Seq};
+use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationId, Seq, UserId};
 
 use crate::codec::{self, FORMAT_VERSION};
 use crate::commit::{Committer, Durability, Durable};
@@ -1104,6 +1104,45 @@ impl EventLog for Log {
                     record: format!("lock table of {doc}"),
                     reason,
                 })
+            })
+            .collect()
+    }
+
+    fn set_acl(&self, doc: &DocId, user: &UserId, role: Option<&str>) -> Result<Durable, LogError> {
+        if role.is_some_and(|r| r.len() > converge_proto::limits::MAX_NAME_BYTES) {
+            return Err(LogError::TooLarge {
+                what: "role",
+                size: role.map_or(0, str::len),
+                limit: converge_proto::limits::MAX_NAME_BYTES,
+            });
+        }
+        let mut batch = WriteBatch::default();
+        let key = keys::acl(doc, user.as_str());
+        match role {
+            Some(r) => batch.put(key, r.as_bytes().to_vec()),
+            None => batch.delete(key),
+        }
+        self.kv.apply(batch)?;
+        Ok(self.committer.ticket())
+    }
+
+    fn acls(&self) -> Result<Vec<(DocId, UserId, String)>, LogError> {
+        let corrupt = |reason: &str| LogError::CorruptRecord {
+            record: "admin grants".into(),
+            reason: reason.into(),
+        };
+        self.kv
+            .range(&[keys::ACL], &[keys::ACL + 1], false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let doc = keys::doc_of(&k).ok_or_else(|| corrupt("a key without a document"))?;
+                let user = k
+                    .get(17..)
+                    .and_then(|u| std::str::from_utf8(u).ok())
+                    .and_then(|u| UserId::new(u).ok())
+                    .ok_or_else(|| corrupt("a key without a user"))?;
+                let role = String::from_utf8(v).map_err(|_| corrupt("a role that is not text"))?;
+                Ok((doc, user, role))
             })
             .collect()
     }

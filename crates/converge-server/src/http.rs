@@ -273,6 +273,14 @@ pub(crate) async fn put_acl(
             format!("a role is at most {MAX_NAME_BYTES} bytes"),
         );
     }
+    // Durable first, then in force: a grant the server confirmed survives a restart.
+    if let Err(e) = persist_acl(&state.log, doc, &user, body.role.as_deref()).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StorageFailed,
+            e.to_string(),
+        );
+    }
     let _ = state
         .hub
         .send(crate::hub_task::HubEvent::SetAcl {
@@ -282,6 +290,19 @@ pub(crate) async fn put_acl(
         })
         .await;
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Writes an admin grant to the log's store and waits until it is durable.
+pub(crate) async fn persist_acl(
+    log: &std::sync::Arc<dyn converge_log::EventLog>,
+    doc: DocId,
+    user: &converge_proto::UserId,
+    role: Option<&str>,
+) -> Result<(), converge_log::LogError> {
+    let (log, user, role) = (log.clone(), user.clone(), role.map(str::to_string));
+    tokio::task::spawn_blocking(move || log.set_acl(&doc, &user, role.as_deref())?.wait())
+        .await
+        .map_err(|e| converge_log::LogError::Invalid(e.to_string()))?
 }
 
 /// `GET /api/stats` (admin): what the server holds now.

@@ -78,8 +78,15 @@ impl ServerHandle {
 
     /// Grants `user` the role `role` in `doc` (`None`: removes the grant), at once for live
     /// sessions too (docs/protocol.md section 4.2).
-    pub async fn set_acl(&self, doc: DocId, user: UserId, role: Option<String>) {
+    pub async fn set_acl(
+        &self,
+        doc: DocId,
+        user: UserId,
+        role: Option<String>,
+    ) -> Result<(), converge_log::LogError> {
+        crate::http::persist_acl(&self.log, doc, &user, role.as_deref()).await?;
         let _ = self.hub.send(HubEvent::SetAcl { doc, user, role }).await;
+        Ok(())
     }
 
     /// Ends every session of `user` now (close 4012 `Revoked`).
@@ -165,7 +172,21 @@ pub async fn start_with_log(
         })?;
     let addr = listener.local_addr().map_err(ServerError::Start)?;
     let auth = config.auth.authenticator()?;
-    let hub = Hub::new(config.hub.clone(), Box::new(auth.clone()));
+    let mut hub = Hub::new(config.hub.clone(), Box::new(auth.clone()));
+    // Admin grants survive restarts: they live in the log's store.
+    let grants = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.acls())
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+            .map_err(|source| ServerError::Log {
+                dir: config.data_dir.display().to_string(),
+                source,
+            })?
+    };
+    for (doc, user, role) in grants {
+        hub.set_acl(doc, user, Some(role));
+    }
     let exec = LogExecutor::new(log.clone()).with_mutators(config.mutators.clone());
     let store = exec.store().clone();
     let (hub_tx, ready, tasks) = hub_task::spawn(hub, exec).map_err(ServerError::Start)?;

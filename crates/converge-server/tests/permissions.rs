@@ -444,3 +444,47 @@ async fn stats_and_acl_reads_are_for_admins() {
     // A body that is not {"user", "role"}: 422.
     assert_eq!(acl(&server, doc, &admin, "{}").await, 422);
 }
+
+#[tokio::test]
+async fn an_acl_survives_a_restart() {
+    let server = start().await;
+    let doc = DocId::random();
+    let admin = token("root", &["admin"], None);
+    assert_eq!(
+        acl(&server, doc, &admin, r#"{"user": "vic", "role": "editor"}"#).await,
+        204
+    );
+    let TestServer { handle, dir } = server;
+    handle.shutdown().await.unwrap();
+    let mut mutators = Mutators::new();
+    mutators.register::<Put>();
+    let handle = converge_server::start(converge_server::ServerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        auth: AuthConfig::Jwt(JwtConfig::hs256(SECRET.to_vec())),
+        mutators,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let server = TestServer { handle, dir };
+    let (status, body) = get(&server, &format!("/api/docs/{doc}/acl"), Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["grants"],
+        serde_json::json!([{"user": "vic", "role": "editor"}])
+    );
+    // And it is in force: vic, a viewer by token, writes.
+    let mut vic = hello_as(&server.handle.ws_url(), token("vic", &["viewer"], None)).await;
+    subscribe(&mut vic, doc, None).await;
+    let mut w = converge_tests::Writer::new(b"vic-actor-000001");
+    send(
+        &mut vic,
+        &ClientMsg::Push {
+            doc,
+            changes: vec![Blob(w.put("a", 1))],
+        },
+    )
+    .await;
+    assert!(allowed_by(&mut vic, |m| matches!(m, ServerMsg::Ack { .. })).await);
+}
