@@ -333,3 +333,196 @@ pub(crate) async fn stats(State(state): State<AppState>, headers: HeaderMap) -> 
     });
     (StatusCode::OK, Json(body)).into_response()
 }
+
+/// The caller, if it may read `doc` (its roles, token grants and the ACL); else the error.
+#[allow(clippy::result_large_err)]
+async fn reader(state: &AppState, headers: &HeaderMap, doc: DocId) -> Result<(), Response> {
+    let identity = state
+        .auth
+        .authenticate(bearer(headers), now_ms())
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.code, e.message))?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let asked = state
+        .hub
+        .send(crate::hub_task::HubEvent::Permissions {
+            identity: Box::new(identity),
+            doc,
+            reply,
+        })
+        .await;
+    let perms = match (asked, rx.await) {
+        (Ok(()), Ok(p)) => p,
+        _ => {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ShuttingDown,
+                "stopping",
+            ));
+        }
+    };
+    if !perms.has(converge_core::Permission::Read) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "your roles do not allow reading this document",
+        ));
+    }
+    Ok(())
+}
+
+fn log_error(e: &converge_log::LogError) -> Response {
+    let r = crate::refusal(e);
+    let status = match r.code {
+        ErrorCode::UnknownDoc | ErrorCode::DocDeleted => StatusCode::NOT_FOUND,
+        ErrorCode::StorageFailed => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, r.code, r.message)
+}
+
+/// `GET /api/docs/{id}` (read permission): the document as JSON, materialized from the log.
+pub(crate) async fn doc_json(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let doc = match doc_id(&id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if let Err(r) = reader(&state, &headers, doc).await {
+        return r;
+    }
+    let store = state.store.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        store.read(&doc, |d| {
+            serde_json::to_value(automerge::AutoSerde::from(d))
+        })
+    })
+    .await;
+    match read {
+        Ok(Ok(Ok(json))) => (StatusCode::OK, Json(json)).into_response(),
+        Ok(Ok(Err(e))) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        ),
+        Ok(Err(converge_log::StoreError::Log(e))) => log_error(&e),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        ),
+    }
+}
+
+/// Most entries one `GET /api/docs/{id}/events` returns.
+const MAX_EVENTS: usize = 1000;
+
+/// `GET /api/docs/{id}/events?from=SEQ&limit=N` (read permission): the stream's entries
+/// from `from` (default 1), at most `limit` (default and cap 1,000), each
+/// `{seq, epoch, at_ms, user, kind, ...}`; `next` is the seq to ask for next, if any.
+pub(crate) async fn doc_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let doc = match doc_id(&id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let number = |k: &str, default: u64| -> Result<u64, Response> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::BadRequest,
+                    format!("{k} must be a number, not {v:?}"),
+                )
+            }),
+        }
+    };
+    let (from, limit) = match (number("from", 1), number("limit", MAX_EVENTS as u64)) {
+        (Ok(f), Ok(l)) => (f.max(1), (l as usize).clamp(1, MAX_EVENTS)),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    if let Err(r) = reader(&state, &headers, doc).await {
+        return r;
+    }
+    let log = state.log.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let head = log.head(&doc)?;
+        let entries = log.read(&doc, converge_proto::Seq(from), limit)?;
+        Ok::<_, converge_log::LogError>((head, entries))
+    })
+    .await;
+    let (head, entries) = match read {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return log_error(&e),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            );
+        }
+    };
+    let last = entries.last().map(|e| e.seq);
+    let events: Vec<serde_json::Value> = entries.into_iter().map(|e| event_json(&e)).collect();
+    let next = last.filter(|l| *l < head.last_seq).map(|l| l.get() + 1);
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({
+            "epoch": head.epoch.get(),
+            "last_seq": head.last_seq.get(),
+            "events": events,
+            "next": next,
+        })),
+    )
+        .into_response()
+}
+
+fn event_json(e: &converge_log::Entry) -> serde_json::Value {
+    use converge_log::EntryKind;
+    let mut v = serde_json::json!({
+        "seq": e.seq.get(),
+        "epoch": e.epoch.get(),
+        "at_ms": e.at_ms,
+        "user": e.author.user.as_str(),
+        "kind": e.kind.name(),
+    });
+    match &e.kind {
+        EntryKind::Change(b) | EntryKind::Relayed(b) => {
+            v["bytes"] = b.len().into();
+        }
+        EntryKind::Mutation(m) => {
+            v["mutation"] = serde_json::json!({
+                "id": m.mutation_id.get(),
+                "name": m.name,
+                "outcome": match &m.outcome {
+                    converge_log::MutationOutcome::Applied => serde_json::json!("applied"),
+                    converge_log::MutationOutcome::Rejected { code, message } => {
+                        serde_json::json!({"rejected": code, "message": message})
+                    }
+                },
+            });
+        }
+        EntryKind::Lock(l) => {
+            v["lock"] = serde_json::json!({
+                "key": l.key,
+                "event": format!("{:?}", l.event),
+                "token": l.token.get(),
+                "expires_at_ms": l.expires_at_ms,
+            });
+        }
+        EntryKind::Tombstone => {}
+    }
+    v
+}

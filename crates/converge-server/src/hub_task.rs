@@ -94,6 +94,12 @@ pub(crate) enum HubEvent {
         doc: DocId,
         reply: oneshot::Sender<Vec<(converge_proto::UserId, String)>>,
     },
+    /// What an identity may do in a document (HTTP reads).
+    Permissions {
+        identity: Box<converge_core::Identity>,
+        doc: DocId,
+        reply: oneshot::Sender<converge_core::Permissions>,
+    },
     /// End every session of a user.
     Revoke {
         user: converge_proto::UserId,
@@ -365,6 +371,9 @@ async fn run(
                         let _ = reply.send(hub.acl(&doc));
                     }
                     HubEvent::Revoke { user } => hub.revoke_user(&user),
+                    HubEvent::Permissions { identity, doc, reply } => {
+                        let _ = reply.send(hub.permissions_of(&identity, &doc));
+                    }
                     HubEvent::ExternalMutate { mutation, reply } => {
                         let ticket = hub.mutate_external(mutation, now_ms());
                         external.insert(ticket, reply);

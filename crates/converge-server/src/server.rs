@@ -232,6 +232,8 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/stats", get(crate::http::stats))
+        .route("/api/docs/{id}", get(crate::http::doc_json))
+        .route("/api/docs/{id}/events", get(crate::http::doc_events))
         .route(
             "/api/docs/{id}/acl",
             get(crate::http::get_acl).put(crate::http::put_acl),

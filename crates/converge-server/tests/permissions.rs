@@ -488,3 +488,63 @@ async fn an_acl_survives_a_restart() {
     .await;
     assert!(allowed_by(&mut vic, |m| matches!(m, ServerMsg::Ack { .. })).await);
 }
+
+#[tokio::test]
+async fn documents_and_their_history_are_readable_with_read_permission() {
+    let server = start().await;
+    let url = server.handle.ws_url();
+    let doc = DocId::random();
+    let ann_token = token("ann", &["editor"], None);
+    let mut ann = hello_as(&url, ann_token.clone()).await;
+    subscribe(&mut ann, doc, None).await;
+    let mut w = converge_tests::Writer::new(b"ann-actor-000002");
+    for (k, v) in [("a", 1), ("b", 2)] {
+        send(
+            &mut ann,
+            &ClientMsg::Push {
+                doc,
+                changes: vec![Blob(w.put(k, v))],
+            },
+        )
+        .await;
+        assert!(allowed_by(&mut ann, |m| matches!(m, ServerMsg::Ack { .. })).await);
+    }
+    let (status, body) = get(&server, &format!("/api/docs/{doc}"), Some(&ann_token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!({"a": 1, "b": 2}));
+    let nobody = token("eve", &["nobody"], None);
+    let (status, body) = get(&server, &format!("/api/docs/{doc}"), Some(&nobody)).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("Forbidden")));
+    // A viewer grant in the token is enough to read.
+    let granted = token("eve", &["nobody"], Some((doc, "viewer")));
+    let (status, _) = get(&server, &format!("/api/docs/{doc}"), Some(&granted)).await;
+    assert_eq!(status, 200);
+
+    let (status, body) = get(
+        &server,
+        &format!("/api/docs/{doc}/events?from=2&limit=5"),
+        Some(&ann_token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["last_seq"], 2);
+    assert_eq!(body["events"].as_array().unwrap().len(), 1);
+    assert_eq!(body["events"][0]["seq"], 2);
+    assert_eq!(body["events"][0]["kind"], "change");
+    assert_eq!(body["events"][0]["user"], "ann");
+    assert!(body["next"].is_null());
+    let (status, body) = get(
+        &server,
+        &format!("/api/docs/{doc}/events?from=x"),
+        Some(&ann_token),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("BadRequest")));
+    let (status, body) = get(
+        &server,
+        &format!("/api/docs/{}", DocId::random()),
+        Some(&ann_token),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("UnknownDoc")));
+}

@@ -898,6 +898,15 @@ impl Hub {
         }
     }
 
+    /// What `identity` may do in `doc` now (for the shell's HTTP API).
+    pub fn permissions_of(
+        &self,
+        identity: &crate::auth::Identity,
+        doc: &DocId,
+    ) -> crate::Permissions {
+        permissions(&self.config.roles, &self.acl, identity, doc)
+    }
+
     /// The admin grants of a document.
     pub fn acl(&self, doc: &DocId) -> Vec<(UserId, String)> {
         self.acl.of_doc(doc)
