@@ -437,6 +437,7 @@ pub(crate) async fn doc_events(
         Ok(d) => d,
         Err(r) => return r,
     };
+    #[allow(clippy::result_large_err)]
     let number = |k: &str, default: u64| -> Result<u64, Response> {
         match q.get(k) {
             None => Ok(default),
