@@ -12,14 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::AutoCommit;
-use converge_core::{Ctx, Mutator, Mutators, QueuedMutation};
+use converge_core::{Ctx, Mutator, QueuedMutation};
 use converge_proto::limits::MAX_NAME_BYTES;
 use converge_proto::{
     DocId, ErrorCode, FencingToken, LockOutcome, MutationId, MutationOutcome, Peer, Position, Seq,
     SessionId, UserId, encode_args,
 };
 use futures_util::Stream;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::client::Shared;
 use crate::doc::{DocHandle, DocShared};
@@ -179,35 +179,38 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The context of an optimistic run: who this client was last told it is, its clock, and the
-/// lock a fence names in the lock table this client last heard.
-fn ctx(shared: &Shared, doc: &DocShared, fence: Option<FencingToken>) -> Ctx {
+/// The context of an optimistic run: who this client was last told it is and its clock (the
+/// lock a fence proves is added per mutation, in [`run_on`]).
+fn base_ctx(shared: &Shared) -> Ctx {
     let user = lock(&shared.user)
         .clone()
         .unwrap_or_else(|| UserId::new("anonymous").unwrap_or_else(|_| UserId::server()));
-    let lock_key = fence.and_then(|f| {
+    Ctx {
+        user,
+        client: lock(&shared.session).session.client_id(),
+        session: None,
+        now_ms: now_ms(),
+        lock: None,
+    }
+}
+
+/// Runs one mutation on the view (a refusal leaves it unchanged), with the lock its fence
+/// names in the lock table this client last heard.
+fn run_on(shared: &Shared, doc: &DocShared, view: &mut AutoCommit, m: &QueuedMutation, base: &Ctx) {
+    let mut ctx = base.clone();
+    ctx.lock = m.fence.and_then(|f| {
         doc.locks
             .borrow()
             .iter()
             .find(|(_, l)| l.token == f)
             .map(|(k, _)| (k.clone(), f))
     });
-    Ctx {
-        user,
-        client: lock(&shared.session).session.client_id(),
-        session: None,
-        now_ms: now_ms(),
-        lock: lock_key,
-    }
-}
-
-/// Runs one mutation on the view (a refusal leaves it unchanged).
-fn run_on(mutators: &Mutators, view: &mut AutoCommit, m: &QueuedMutation, ctx: &Ctx) {
-    let mut ctx = ctx.clone();
-    if m.fence.is_none() {
-        ctx.lock = None;
-    }
-    if mutators.run(&m.name, view, &m.args, &ctx).is_ok() {
+    if shared
+        .config
+        .mutators
+        .run(&m.name, view, &m.args, &ctx)
+        .is_ok()
+    {
         view.commit();
     }
 }
@@ -233,9 +236,9 @@ pub(crate) fn rebuild(
         .collect();
     all.sort_by_key(|m| m.id);
     let ids: Vec<MutationId> = all.iter().map(|m| m.id).collect();
+    let base = base_ctx(shared);
     for m in all {
-        let c = ctx(shared, doc, m.fence);
-        run_on(&shared.config.mutators, &mut view, m, &c);
+        run_on(shared, doc, &mut view, m, &base);
     }
     spec.in_view.extend(ids);
     spec.view = Some(view);
@@ -396,10 +399,9 @@ impl DocHandle {
                 || spec.awaiting.iter().any(|(q, _)| q.id == m.id);
             // A rebuild since it was queued may already have run it in the view.
             if still_in && !spec.in_view.contains(&m.id) {
-                let c = ctx(shared, doc, m.fence);
                 match spec.view.as_mut() {
                     Some(view) => {
-                        run_on(&shared.config.mutators, view, &m, &c);
+                        run_on(shared, doc, view, &m, &base_ctx(shared));
                         spec.in_view.insert(m.id);
                     }
                     None => rebuild(shared, doc, &mut am, &mut spec),
@@ -511,7 +513,7 @@ impl DocHandle {
 
     /// The document's lock table as this client last heard it, then each change of it.
     pub fn locks(&self) -> impl Stream<Item = BTreeMap<String, LockInfo>> + Send + 'static {
-        watch_stream(self.shared_doc().locks.subscribe())
+        crate::status::stream(self.shared_doc().locks.subscribe())
     }
 
     /// Sets this client's presence state in the document (sent now if live, and again after
@@ -534,23 +536,12 @@ impl DocHandle {
     pub fn presence(
         &self,
     ) -> impl Stream<Item = BTreeMap<SessionId, PeerPresence>> + Send + 'static {
-        watch_stream(self.shared_doc().presence.subscribe())
+        crate::status::stream(self.shared_doc().presence.subscribe())
     }
 }
 
 fn args_bytes<M: Mutator>(args: &M::Args) -> Result<Vec<u8>, ClientError> {
     encode_args(args).map_err(|e| ClientError::BadMutation(format!("{}: {e}", M::NAME)))
-}
-
-fn watch_stream<T: Clone + Send + Sync + 'static>(
-    mut rx: watch::Receiver<T>,
-) -> impl Stream<Item = T> + Send + 'static {
-    rx.mark_changed();
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        let v = rx.borrow_and_update().clone();
-        Some((v, rx))
-    })
 }
 
 /// A lock result from the server: to whoever waits for a `lock()` on that key. Only answers

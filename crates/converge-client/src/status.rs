@@ -24,13 +24,13 @@ pub enum Status {
 
 /// The current status, then every change of it. A watch channel underneath: a consumer that
 /// falls behind sees the newest status, not every one in between.
-pub(crate) fn stream(
-    mut rx: watch::Receiver<Status>,
-) -> impl Stream<Item = Status> + Send + 'static {
+pub(crate) fn stream<T: Clone + Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
     rx.mark_changed();
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
-        let status = rx.borrow_and_update().clone();
-        Some((status, rx))
+        let value = rx.borrow_and_update().clone();
+        Some((value, rx))
     })
 }

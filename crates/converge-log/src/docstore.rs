@@ -256,6 +256,9 @@ impl DocStore {
     /// `f` made, if it succeeded and changed anything. A failed `f` leaves the document as it
     /// was (its open edits are rolled back; one that committed edits itself gets the document
     /// rebuilt from the log). This is how a mutation's outcome and its change land together.
+    /// Returns `f`'s result, the append, and the bytes of the changes it logged (in order,
+    /// after the `head` entries).
+    #[allow(clippy::type_complexity)]
     pub fn transact<R, E, F, H>(
         &self,
         id: &DocId,
@@ -263,7 +266,7 @@ impl DocStore {
         at_ms: u64,
         f: F,
         head: H,
-    ) -> Result<(Result<R, E>, Appended), StoreError>
+    ) -> Result<(Result<R, E>, Appended, Vec<Vec<u8>>), StoreError>
     where
         F: FnOnce(&mut AutoCommit) -> Result<R, E>,
         H: FnOnce(&Result<R, E>) -> Vec<NewEntry>,
@@ -353,7 +356,8 @@ impl DocStore {
         }
         drop(slot);
         self.maybe_evict(id);
-        Ok((r, appended))
+        let logged = change.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        Ok((r, appended, logged))
     }
 
     /// Appends the local changes that [`StoreConfig::local_batch`] held back (see there).

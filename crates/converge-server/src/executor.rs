@@ -205,24 +205,22 @@ impl LogExecutor {
                 outcome,
             }),
         };
-        if let Some(message) = &req.denied {
+        // An outcome decided without running the mutator: its record alone.
+        let record_only = |code: ErrorCode, message: &str| {
+            let outcome = rejected(code, message);
             let appended = self
                 .log
-                .append(doc, vec![entry(rejected(ErrorCode::Forbidden, message))])
+                .append(doc, vec![entry(outcome.clone())])
                 .map_err(|e| refusal(&e))?;
-            return self.mutated(doc, epoch, appended);
+            Ok(mutated(epoch, appended, &outcome, Vec::new()))
+        };
+        if let Some(message) = &req.denied {
+            return record_only(ErrorCode::Forbidden, message);
         }
         let lock = match &req.fence {
             FenceCheck::None => None,
             FenceCheck::Valid { key, token } => Some((key.clone(), *token)),
-            FenceCheck::Stale { message } => {
-                let rejected = rejected(ErrorCode::StaleFence, message);
-                let appended = self
-                    .log
-                    .append(doc, vec![entry(rejected)])
-                    .map_err(|e| refusal(&e))?;
-                return self.mutated(doc, epoch, appended);
-            }
+            FenceCheck::Stale { message } => return record_only(ErrorCode::StaleFence, message),
         };
         let ctx = Ctx {
             user: req.user.clone(),
@@ -232,76 +230,33 @@ impl LogExecutor {
             lock,
         };
         let server = Author::user(UserId::server());
+        let outcome_of = |r: &Result<(), converge_core::Rejection>| match r {
+            Ok(()) => converge_log::MutationOutcome::Applied,
+            Err(rej) => rejected(rej.code, &rej.message),
+        };
         let result = self.store.transact(
             doc,
             &server,
             req.now_ms,
             |d| self.mutators.run(&req.name, d, &req.args, &ctx),
-            |r| {
-                vec![entry(match r {
-                    Ok(()) => converge_log::MutationOutcome::Applied,
-                    Err(rej) => rejected(rej.code, &rej.message),
-                })]
-            },
+            |r| vec![entry(outcome_of(r))],
         );
-        let appended = match result {
-            Ok((_, appended)) => appended,
+        match result {
+            Ok((r, appended, changes)) => Ok(mutated(epoch, appended, &outcome_of(&r), changes)),
             // The log refused what the mutator made (a change over the size limit, one that
             // breaks a causal rule): that is this mutation's outcome, recorded so its id
             // counts and the client's queue moves on. Storage failures are not outcomes: the
             // mutation is not recorded and the client sends it again.
             Err(StoreError::Log(e)) if !transient(&e) => {
                 let r = refusal(&e);
-                let message = format!("the log refused the mutator's change: {}", r.message);
-                self.log
-                    .append(doc, vec![entry(rejected(r.code, &message))])
-                    .map_err(|e| refusal(&e))?
+                record_only(
+                    r.code,
+                    &format!("the log refused the mutator's change: {}", r.message),
+                )
             }
-            Err(StoreError::Log(e)) => return Err(refusal(&e)),
-            Err(other) => {
-                return Err(Refusal::new(ErrorCode::StorageFailed, other.to_string()));
-            }
-        };
-        self.mutated(doc, epoch, appended)
-    }
-
-    /// What a mutation's batch wrote, read back as the hub fans it out.
-    fn mutated(
-        &self,
-        doc: &DocId,
-        epoch: Epoch,
-        appended: converge_log::Appended,
-    ) -> Result<(Mutated, Durable), Refusal> {
-        let first = appended
-            .results
-            .first()
-            .map(|r| r.seq())
-            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "a mutation wrote nothing"))?;
-        let entries = self
-            .log
-            .read(doc, first, appended.results.len())
-            .map_err(|e| refusal(&e))?;
-        let mut outcome = None;
-        let mut last = first;
-        let mut new = Vec::with_capacity(entries.len());
-        for e in entries {
-            last = e.seq;
-            match e.kind {
-                EntryKind::Mutation(m) => {
-                    outcome = Some(m.outcome);
-                    new.push((e.seq, Blob(Vec::new())));
-                }
-                other => new.push((e.seq, Blob(other.into_change_bytes().unwrap_or_default()))),
-            }
+            Err(StoreError::Log(e)) => Err(refusal(&e)),
+            Err(other) => Err(Refusal::new(ErrorCode::StorageFailed, other.to_string())),
         }
-        let outcome = outcome
-            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "the mutation record is missing"))?;
-        let mutated = Mutated {
-            epoch,
-            outcome: outcome_for_wire(&outcome, last),
-            new,
-        };
-        Ok((mutated, appended.durable))
     }
 
     /// Logs lock events in order, all or nothing; a grant's token is issued by the log.
@@ -579,6 +534,25 @@ impl LogExecutor {
         }
         Ok(out)
     }
+}
+
+/// What a mutation's batch wrote, for the hub to fan out: its record (an empty blob), then
+/// the changes it logged; the outcome names the last entry's seq.
+fn mutated(
+    epoch: Epoch,
+    appended: converge_log::Appended,
+    outcome: &converge_log::MutationOutcome,
+    changes: Vec<Vec<u8>>,
+) -> (Mutated, Durable) {
+    let seqs: Vec<Seq> = appended.results.iter().map(|r| r.seq()).collect();
+    let last = seqs.last().copied().unwrap_or(Seq(0));
+    let blobs = std::iter::once(Vec::new()).chain(changes).map(Blob);
+    let mutated = Mutated {
+        epoch,
+        outcome: outcome_for_wire(outcome, last),
+        new: seqs.into_iter().zip(blobs).collect(),
+    };
+    (mutated, appended.durable)
 }
 
 /// Log errors that say nothing about the mutation itself (the store failed, the document is

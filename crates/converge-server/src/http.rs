@@ -56,17 +56,13 @@ pub(crate) async fn mutate(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    // The same authenticator as a WebSocket Hello.
-    let identity = match state.auth.authenticate(bearer(&headers), now_ms()) {
+    let identity = match caller(&state, &headers) {
         Ok(i) => i,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, e.code, e.message),
+        Err(r) => return r,
     };
-    let Ok(doc) = id.parse::<DocId>() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UnknownDoc,
-            format!("{id:?} is not a document id"),
-        );
+    let doc = match doc_id(&id) {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_NAME_BYTES => k.to_string(),
@@ -163,13 +159,20 @@ struct AclBody {
     role: Option<String>,
 }
 
+/// Who calls, by the Bearer token, with the same authenticator as a WebSocket Hello (401
+/// with the refusal's code otherwise).
+#[allow(clippy::result_large_err)]
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<converge_core::Identity, Response> {
+    state
+        .auth
+        .authenticate(bearer(headers), now_ms())
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.code, e.message))
+}
+
 /// The caller, if the token is valid and its roles include admin; else the error response.
 #[allow(clippy::result_large_err)]
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<converge_core::Identity, Response> {
-    let identity = state
-        .auth
-        .authenticate(bearer(headers), now_ms())
-        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.code, e.message))?;
+    let identity = caller(state, headers)?;
     if !converge_core::global_permissions(&state.config.hub.roles, &identity)
         .has(converge_core::Permission::Admin)
     {
@@ -337,10 +340,7 @@ pub(crate) async fn stats(State(state): State<AppState>, headers: HeaderMap) -> 
 /// The caller, if it may read `doc` (its roles, token grants and the ACL); else the error.
 #[allow(clippy::result_large_err)]
 async fn reader(state: &AppState, headers: &HeaderMap, doc: DocId) -> Result<(), Response> {
-    let identity = state
-        .auth
-        .authenticate(bearer(headers), now_ms())
-        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.code, e.message))?;
+    let identity = caller(state, headers)?;
     let (reply, rx) = tokio::sync::oneshot::channel();
     let asked = state
         .hub

@@ -10,7 +10,6 @@ use common::*;
 use converge_proto::*;
 use converge_server::auth::{AuthConfig, Claims, JwtConfig, JwtKey, claims, mint_hs256};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &[u8] = b"a-test-secret-of-enough-length";
@@ -170,29 +169,20 @@ async fn every_bad_token_is_refused_with_its_code_over_the_socket() {
 
 /// One HTTP request; the status and the JSON body.
 async fn post(server: &TestServer, token: Option<&str>) -> (u16, serde_json::Value) {
-    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
-        .await
-        .unwrap();
-    let body = r#"{"name": "x", "args": null}"#;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!(
-        "POST /api/docs/{}/mutations HTTP/1.1\r\nHost: t\r\nConnection: close\r\nIdempotency-Key: k\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        DocId::random(),
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let json = text
-        .find('{')
-        .and_then(|a| text.rfind('}').map(|b| &text[a..=b]))
-        .unwrap_or("null");
-    (status, serde_json::from_str(json).unwrap())
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Idempotency-Key", "k")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let path = format!("/api/docs/{}/mutations", DocId::random());
+    http(
+        server,
+        "POST",
+        &path,
+        &headers,
+        r#"{"name": "x", "args": null}"#,
+    )
+    .await
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use common::*;
 use converge_core::{Ctx, Mutator, Mutators, Rejection};
 use converge_proto::*;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claim {
@@ -51,40 +50,13 @@ async fn start() -> TestServer {
     TestServer { handle, dir }
 }
 
-/// One HTTP/1.1 request; returns the status and the JSON body.
 async fn post(
     server: &TestServer,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
-        .await
-        .unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    // A chunked body: take the JSON between the first chunk size line and the end marker.
-    let json = body
-        .find('{')
-        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
-        .unwrap_or("null");
-    (status, serde_json::from_str(json).unwrap())
+    http(server, "POST", path, headers, body).await
 }
 
 fn claim(slot: &str, by: &str) -> String {

@@ -294,18 +294,17 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
 }
 
 async fn acl(server: &TestServer, doc: DocId, token: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
-        .await
-        .unwrap();
-    let req = format!(
-        "PUT /api/docs/{doc}/acl HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    String::from_utf8(raw).unwrap()[9..12].parse().unwrap()
+    let auth = format!("Bearer {token}");
+    let path = format!("/api/docs/{doc}/acl");
+    http(
+        server,
+        "PUT",
+        &path,
+        &[("Authorization", auth.as_str())],
+        body,
+    )
+    .await
+    .0
 }
 
 #[tokio::test]
@@ -380,24 +379,9 @@ async fn an_acl_change_applies_to_live_sessions_and_a_revoked_user_is_disconnect
 }
 
 async fn get(server: &TestServer, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
-        .await
-        .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let json = text
-        .find('{')
-        .and_then(|a| text.rfind('}').map(|b| &text[a..=b]))
-        .unwrap_or("null");
-    (
-        text[9..12].parse().unwrap(),
-        serde_json::from_str(json).unwrap(),
-    )
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    http(server, "GET", path, &headers, "").await
 }
 
 #[tokio::test]

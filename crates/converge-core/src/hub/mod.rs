@@ -936,14 +936,19 @@ impl Hub {
 
     /// Who a ready session writes as.
     fn author(&self, session: SessionId) -> Option<PushAuthor> {
+        self.identity(session).map(|identity| PushAuthor {
+            user: identity.user.clone(),
+            session,
+        })
+    }
+
+    /// The identity of a session that finished its handshake.
+    fn identity(&self, session: SessionId) -> Option<&Identity> {
         match self.sessions.get(&session) {
             Some(Session {
                 handshake: Handshake::Ready { identity },
                 ..
-            }) => Some(PushAuthor {
-                user: identity.user.clone(),
-                session,
-            }),
+            }) => Some(identity),
             _ => None,
         }
     }

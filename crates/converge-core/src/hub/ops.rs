@@ -12,8 +12,8 @@ use converge_proto::{
 };
 
 use super::{
-    Handshake, Held, Hub, Item, LockChange, LockDoc, LockHolder, LockTable, Origin, Output,
-    Pending, Refusal, Ticket,
+    Held, Hub, Item, LockChange, LockDoc, LockHolder, LockTable, Origin, Output, Pending, Refusal,
+    Ticket,
 };
 use crate::locks::FenceCheck;
 use crate::permissions::{Permission, permissions};
@@ -73,16 +73,10 @@ pub struct ExternalMutation {
 
 impl Hub {
     fn identity_peer(&self, session: SessionId) -> Option<Peer> {
-        match self.sessions.get(&session) {
-            Some(super::Session {
-                handshake: Handshake::Ready { identity },
-                ..
-            }) => Some(Peer {
-                session,
-                user: identity.user.clone(),
-            }),
-            _ => None,
-        }
+        self.identity(session).map(|identity| Peer {
+            session,
+            user: identity.user.clone(),
+        })
     }
 
     fn subscribed(&self, session: SessionId, doc: &DocId) -> bool {
@@ -271,8 +265,13 @@ impl Hub {
         self.emit_mutation(Origin::Session(session), request);
     }
 
-    fn emit_mutation(&mut self, origin: Origin, request: MutationRequest) -> Ticket {
+    fn emit_mutation(&mut self, origin: Origin, request: MutationRequest) {
         let ticket = self.ticket();
+        self.emit_mutation_as(ticket, origin, request);
+    }
+
+    /// Hands a mutation to the shell under `ticket` (an HTTP one already has its ticket).
+    fn emit_mutation_as(&mut self, ticket: Ticket, origin: Origin, request: MutationRequest) {
         self.pending.insert(
             ticket,
             Pending::Mutate {
@@ -282,33 +281,33 @@ impl Hub {
             },
         );
         self.out.push_back(Output::Mutate { ticket, request });
-        ticket
     }
 
     /// A mutation from a backend (the HTTP API): its outcome comes back as
     /// [`Output::MutationDone`] with the returned ticket. Its change reaches every
     /// subscriber like any other.
     pub fn mutate_external(&mut self, m: ExternalMutation, now_ms: u64) -> Ticket {
-        if !permissions(&self.config.roles, &self.acl, &m.identity, &m.doc).has(Permission::Mutate)
+        let refusal = if !self
+            .permissions_of(&m.identity, &m.doc)
+            .has(Permission::Mutate)
         {
+            Some(Refusal::new(
+                ErrorCode::Forbidden,
+                "your roles do not allow mutations in this document",
+            ))
+        } else if self.shutting_down {
+            Some(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
             let ticket = self.ticket();
             self.out.push_back(Output::MutationDone {
                 ticket,
-                result: Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    "your roles do not allow mutations in this document",
-                )),
-            });
-            return ticket;
-        }
-        if self.shutting_down {
-            let ticket = self.ticket();
-            self.out.push_back(Output::MutationDone {
-                ticket,
-                result: Err(Refusal::new(
-                    ErrorCode::ShuttingDown,
-                    "the server is shutting down",
-                )),
+                result: Err(r),
             });
             return ticket;
         }
@@ -354,15 +353,7 @@ impl Hub {
             now_ms,
             denied: None,
         };
-        self.pending.insert(
-            ticket,
-            Pending::Mutate {
-                doc: request.doc,
-                origin: Origin::External,
-                mutation_id: request.mutation_id,
-            },
-        );
-        self.out.push_back(Output::Mutate { ticket, request });
+        self.emit_mutation_as(ticket, Origin::External, request);
     }
 
     /// The shell's answer to [`Output::Mutate`]: the result to the session, then the entries
@@ -857,13 +848,8 @@ impl Hub {
     /// Whether the session's identity may do `p` in `doc` (its roles, its token's grants and
     /// the ACL, as they are now).
     pub(super) fn may(&self, session: SessionId, doc: &DocId, p: Permission) -> bool {
-        match self.sessions.get(&session) {
-            Some(super::Session {
-                handshake: Handshake::Ready { identity },
-                ..
-            }) => permissions(&self.config.roles, &self.acl, identity, doc).has(p),
-            _ => false,
-        }
+        self.identity(session)
+            .is_some_and(|identity| self.permissions_of(identity, doc).has(p))
     }
 
     /// Sets (or, with `None`, removes) an admin grant: `user` gets `role` in `doc`. Applies at
@@ -877,11 +863,7 @@ impl Hub {
             .map(|d| d.subs.keys().copied().collect())
             .unwrap_or_default();
         for session in affected {
-            let theirs = matches!(
-                self.sessions.get(&session),
-                Some(super::Session { handshake: Handshake::Ready { identity }, .. })
-                    if identity.user == user
-            );
+            let theirs = self.identity(session).is_some_and(|i| i.user == user);
             if theirs && !self.may(session, &doc, Permission::Read) {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.docs.remove(&doc);
@@ -917,11 +899,9 @@ impl Hub {
     pub fn revoke_user(&mut self, user: &UserId) {
         let theirs: Vec<SessionId> = self
             .sessions
-            .iter()
-            .filter(|(_, s)| {
-                matches!(&s.handshake, Handshake::Ready { identity } if identity.user == *user)
-            })
-            .map(|(id, _)| *id)
+            .keys()
+            .copied()
+            .filter(|id| self.identity(*id).is_some_and(|i| i.user == *user))
             .collect();
         for session in theirs {
             self.error(

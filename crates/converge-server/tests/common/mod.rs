@@ -116,3 +116,42 @@ pub use converge_tests::Writer;
 pub fn blobs(v: &[Vec<u8>]) -> Vec<Blob> {
     v.iter().cloned().map(Blob).collect()
 }
+
+/// One HTTP/1.1 request on a fresh connection: the status and the JSON body (`Null` when
+/// there is none).
+pub async fn http(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
+        .await
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let rest = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // A chunked body: the JSON between the chunk-size line and the end marker.
+    let json = rest
+        .find('{')
+        .and_then(|a| rest.rfind('}').map(|b| &rest[a..=b]))
+        .unwrap_or("null");
+    (status, serde_json::from_str(json).unwrap())
+}
