@@ -49,6 +49,8 @@ struct State {
     poisoned: Option<LogError>,
     /// Async tasks waiting for a flush to complete.
     wakers: Vec<Waker>,
+    /// How long flushes took (for operators: /api/stats).
+    stats: crate::FlushStats,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +122,11 @@ impl Committer {
         }
     }
 
+    /// How long the flushes so far took.
+    pub(crate) fn stats(&self) -> crate::FlushStats {
+        self.shared.lock().stats
+    }
+
     /// Flushes now, on the caller's thread.
     pub(crate) fn flush_now(&self) -> Result<(), LogError> {
         self.kv.flush()
@@ -166,9 +173,12 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
             st.started += 1;
             (st.started, st.closed)
         };
+        let started = std::time::Instant::now();
         let result = kv.flush();
+        let took_us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         let wakers = {
             let mut st = shared.lock();
+            st.stats.record(took_us);
             match result {
                 Ok(()) => st.completed = number,
                 Err(e) => {

@@ -163,6 +163,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Every admin grant: (document, user, role).
     fn acls(&self) -> Result<Vec<(DocId, UserId, String)>, LogError>;
 
+    /// Records that `user` was seen with these roles (the directory that resolves a
+    /// notification to a role into its users, also those offline). Configuration, not
+    /// history, like the ACL.
+    fn set_user(&self, user: &UserId, roles: &[String]) -> Result<Durable, LogError>;
+
+    /// Every user of the directory with their roles.
+    fn users(&self) -> Result<Vec<(UserId, Vec<String>)>, LogError>;
+
     /// The last fencing token issued (monotonic across restarts).
     fn fencing_counter(&self) -> Result<FencingToken, LogError>;
 
@@ -197,6 +205,32 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Bytes the store occupies on disk (for memory logs: bytes held).
     fn size_on_disk(&self) -> Result<u64, LogError>;
+
+    /// How long the group commit's flushes took so far.
+    fn flush_stats(&self) -> FlushStats;
+}
+
+/// How long the group commit's flushes took, since the log was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    pub flushes: u64,
+    pub total_us: u64,
+    pub max_us: u64,
+    pub last_us: u64,
+}
+
+impl FlushStats {
+    pub(crate) fn record(&mut self, us: u64) {
+        self.flushes += 1;
+        self.total_us = self.total_us.saturating_add(us);
+        self.max_us = self.max_us.max(us);
+        self.last_us = us;
+    }
+
+    /// The mean flush time, if there was a flush.
+    pub fn mean_us(&self) -> Option<u64> {
+        self.total_us.checked_div(self.flushes)
+    }
 }
 
 /// Per-document metadata that changes only on create, snapshot and compaction.

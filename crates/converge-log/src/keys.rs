@@ -15,6 +15,7 @@ pub(crate) const INDEX: u8 = b'I';
 pub(crate) const LOCK: u8 = b'L';
 pub(crate) const OUTCOME: u8 = b'O';
 pub(crate) const ACL: u8 = b'C';
+pub(crate) const USER: u8 = b'U';
 
 pub(crate) fn doc_key(tag: u8, doc: &DocId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 16 + 32);
@@ -62,6 +63,14 @@ pub(crate) fn outcome(doc: &DocId, client: &ClientId, id: MutationId) -> Vec<u8>
 /// An admin grant: a user's role in a document.
 pub(crate) fn acl(doc: &DocId, user: &str) -> Vec<u8> {
     with_suffix(ACL, doc, user.as_bytes())
+}
+
+/// A user of the directory: the roles their last token carried.
+pub(crate) fn user(user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + user.len());
+    k.push(USER);
+    k.extend_from_slice(user.as_bytes());
+    k
 }
 
 /// The first key after every key that starts with `prefix`.

@@ -61,7 +61,8 @@ pub use entry::{
 };
 pub use error::LogError;
 pub use event_log::{
-    ActorRecord, AppendResult, Appended, DocHead, DocStats, EventLog, RecordedOutcome, Snapshot,
+    ActorRecord, AppendResult, Appended, DocHead, DocStats, EventLog, FlushStats, RecordedOutcome,
+    Snapshot,
 };
 pub use kv::MemStorage;
 pub use log::{Log, LogConfig, MemLog, SledLog};

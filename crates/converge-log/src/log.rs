@@ -1147,6 +1147,42 @@ impl EventLog for Log {
             .collect()
     }
 
+    fn set_user(&self, user: &UserId, roles: &[String]) -> Result<Durable, LogError> {
+        let limit = converge_proto::limits::MAX_NAME_BYTES;
+        if roles.len() > 64 || roles.iter().any(|r| r.len() > limit) {
+            return Err(LogError::TooLarge {
+                what: "roles",
+                size: roles.iter().map(String::len).sum(),
+                limit,
+            });
+        }
+        let value = codec::encode(&roles).map_err(LogError::Storage)?;
+        let mut batch = WriteBatch::default();
+        batch.put(keys::user(user.as_str()), value);
+        self.kv.apply(batch)?;
+        Ok(self.committer.ticket())
+    }
+
+    fn users(&self) -> Result<Vec<(UserId, Vec<String>)>, LogError> {
+        let corrupt = |reason: String| LogError::CorruptRecord {
+            record: "user directory".into(),
+            reason,
+        };
+        self.kv
+            .range(&[keys::USER], &[keys::USER + 1], false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let user = k
+                    .get(1..)
+                    .and_then(|u| std::str::from_utf8(u).ok())
+                    .and_then(|u| UserId::new(u).ok())
+                    .ok_or_else(|| corrupt("a key without a user".into()))?;
+                let roles: Vec<String> = codec::decode(&v).map_err(corrupt)?;
+                Ok((user, roles))
+            })
+            .collect()
+    }
+
     fn fencing_counter(&self) -> Result<FencingToken, LogError> {
         Ok(FencingToken(*lock(&self.fence)))
     }
@@ -1372,6 +1408,10 @@ impl EventLog for Log {
 
     fn durable(&self) -> Durable {
         self.committer.ticket()
+    }
+
+    fn flush_stats(&self) -> crate::FlushStats {
+        self.committer.stats()
     }
 
     fn size_on_disk(&self) -> Result<u64, LogError> {
