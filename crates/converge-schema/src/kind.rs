@@ -56,7 +56,10 @@ impl DocKind {
                 TypedDoc::Widget(serde_json::from_str(json).map_err(|e| err(e.to_string()))?)
             }
             DocKind::Inbox => {
-                TypedDoc::Inbox(serde_json::from_str(json).map_err(|e| err(e.to_string()))?)
+                let i: Inbox = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
+                // The same limits as the set_preferences mutator: an import is no back door.
+                i.preferences.validate().map_err(err)?;
+                TypedDoc::Inbox(i)
             }
         };
         Ok(typed)

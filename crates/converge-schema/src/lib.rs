@@ -8,7 +8,8 @@
 //!
 //! Edits that must respect a rule ("a bed is booked once at a time") go through mutators, which
 //! the server re-runs in order and may refuse: [`BookEvent`], [`MoveEvent`], [`CancelEvent`],
-//! [`AddWidget`], [`MoveWidget`] and [`RemoveWidget`]; [`register_all`] registers them.
+//! [`AddWidget`], [`MoveWidget`], [`RemoveWidget`], and for inboxes [`DeliverNotification`],
+//! [`MarkRead`] and [`SetPreferences`]; [`register_all`] registers them.
 //!
 //! ```
 //! use automerge::AutoCommit;
@@ -40,12 +41,12 @@ pub use autosurgeon::Text;
 pub use conflict::{PathSegment, conflicts, resolve};
 pub use dashboard::{Dashboard, WidgetRef};
 pub use error::SchemaError;
-pub use inbox::{Inbox, Notification, Priority};
+pub use inbox::{Inbox, Notification, Preferences, Priority, QuietHours, Retention, UnreadCounts};
 pub use json::to_json;
 pub use kind::{DocKind, TypedDoc};
 pub use mutators::{
-    AddWidget, BookEvent, CancelEvent, MoveEvent, MoveWidget, RemoveWidget, event_lock_key,
-    register_all,
+    AddWidget, BookEvent, CancelEvent, DeliverNotification, MarkRead, MoveEvent, MoveWidget,
+    RemoveWidget, SetPreferences, event_lock_key, register_all, register_inbox,
 };
 pub use schedule::{Event, Resource, Schedule};
 pub use widget::{DataPoint, Widget};

@@ -1,4 +1,4 @@
-//! The mutators for schedules and dashboards: server-authoritative edits with rules.
+//! The mutators for schedules, dashboards and inboxes: server-authoritative edits with rules.
 //!
 //! Each mutator is a struct of arguments that is also the [`Mutator`] that applies them, so a
 //! caller builds the value it sends (`BookEvent { .. }`) and both sides run the same code.
@@ -10,9 +10,11 @@
 //! rejection too, never a panic.
 
 mod dashboard;
+mod inbox;
 mod schedule;
 
 pub use dashboard::{AddWidget, MoveWidget, RemoveWidget};
+pub use inbox::{DeliverNotification, MarkRead, SetPreferences};
 pub use schedule::{BookEvent, CancelEvent, MoveEvent, event_lock_key};
 
 use automerge::AutoCommit;
@@ -21,7 +23,8 @@ use converge_core::{Mutators, Rejection};
 
 /// Registers every mutator of this crate, under the names in their `NAME` constants:
 /// "schedule.book", "schedule.move", "schedule.cancel", "dashboard.add_widget",
-/// "dashboard.move_widget" and "dashboard.remove_widget".
+/// "dashboard.move_widget", "dashboard.remove_widget", "inbox.deliver", "inbox.mark_read" and
+/// "inbox.set_preferences".
 ///
 /// ```
 /// use automerge::AutoCommit;
@@ -61,6 +64,15 @@ pub fn register_all(m: &mut Mutators) {
         .register::<AddWidget>()
         .register::<MoveWidget>()
         .register::<RemoveWidget>();
+    register_inbox(m);
+}
+
+/// Registers the inbox mutators: "inbox.deliver", "inbox.mark_read" and
+/// "inbox.set_preferences" (a client that only shows notifications needs no others).
+pub fn register_inbox(m: &mut Mutators) {
+    m.register::<DeliverNotification>()
+        .register::<MarkRead>()
+        .register::<SetPreferences>();
 }
 
 /// Reads the document as `T`, lets `f` check its rules and change the value, then writes back
