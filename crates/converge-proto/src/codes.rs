@@ -109,6 +109,8 @@ code_enum!(
         SnapshotTooLarge = 3004,
         /// A reconciliation message came when none was started, or could not be read.
         BadSyncMessage = 3005,
+        /// A room name is not `doc:<id>`, `user:<id>` or `role:<name>`.
+        UnknownRoom = 3006,
         // 4xxx: refused pushes (nothing of the push is logged)
         /// A change is larger than the limit.
         ChangeTooLarge = 4000,
@@ -154,6 +156,10 @@ code_enum!(
         PresenceTooLarge = 6002,
         /// A field (name, key, room) is longer than allowed.
         FieldTooLong = 6003,
+        /// The user has the maximum number of connections open.
+        TooManyConnections = 6004,
+        /// An event's data is larger than allowed.
+        EventTooLarge = 6005,
         // 9xxx: the server
         /// Something failed inside the server; the request may be retried.
         Internal = 9000,
@@ -188,6 +194,8 @@ code_enum!(
         TokenExpired = 4011,
         /// The user's access was revoked.
         Revoked = 4012,
+        /// The user already has the maximum number of connections open.
+        TooManyConnections = 4013,
         /// The server failed; reconnect with backoff.
         Internal = 4500,
     }

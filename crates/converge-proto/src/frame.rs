@@ -25,6 +25,25 @@ pub const MAX_FRAME_CEILING: usize = crate::limits::MAX_SNAPSHOT_BYTES + 64 * 10
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_CEILING>>;
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_FRAME_CEILING>();
 
+/// The [`ClientMsg::kind`] of a frame from its first two bytes, without decoding it (for
+/// metrics). A frame's second byte is the message's variant tag (a varint below 251 is one
+/// byte). `None` for a frame that is not of this version or has an unknown tag.
+pub fn client_frame_kind(frame: &[u8]) -> Option<&'static str> {
+    frame_tag(frame).and_then(|t| ClientMsg::KINDS.get(t).copied())
+}
+
+/// The [`ServerMsg::kind`] of a frame, as [`client_frame_kind`].
+pub fn server_frame_kind(frame: &[u8]) -> Option<&'static str> {
+    frame_tag(frame).and_then(|t| ServerMsg::KINDS.get(t).copied())
+}
+
+fn frame_tag(frame: &[u8]) -> Option<usize> {
+    match frame {
+        [FRAME_VERSION, tag, ..] if *tag < 251 => Some(usize::from(*tag)),
+        _ => None,
+    }
+}
+
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -41,6 +41,26 @@ impl DocId {
         Self(*uuid::Uuid::new_v4().as_bytes())
     }
 
+    /// The id of `user`'s inbox: derived from the user id (blake3), so the server and every
+    /// device of the user name the same document without asking anyone. It is shaped as a
+    /// UUIDv8 (version nibble 8), which [`DocId::random`] (UUIDv4) never produces, so an
+    /// inbox is recognisable by its id alone ([`DocId::is_inbox`]).
+    pub fn inbox_of(user: &UserId) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"converge inbox v1\0");
+        h.update(user.as_str().as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        b[6] = (b[6] & 0x0f) | 0x80;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        Self(b)
+    }
+
+    /// Whether this id has the shape of an inbox id (see [`DocId::inbox_of`]).
+    pub const fn is_inbox(&self) -> bool {
+        self.0[6] >> 4 == 8 && self.0[8] >> 6 == 0b10
+    }
+
     /// The 16 raw bytes.
     pub const fn as_bytes(&self) -> &[u8; 16] {
         &self.0
@@ -308,5 +328,22 @@ mod tests {
         let enc = bincode::serde::encode_to_vec(String::new(), cfg).unwrap();
         let r: Result<(UserId, usize), _> = bincode::serde::decode_from_slice(&enc, cfg);
         assert!(r.is_err());
+    }
+}
+
+#[cfg(test)]
+mod inbox_tests {
+    use super::*;
+
+    #[test]
+    fn inbox_ids_are_recognisable_and_random_ids_are_not() {
+        let ana = UserId::new("ana").unwrap();
+        let inbox = DocId::inbox_of(&ana);
+        assert!(inbox.is_inbox());
+        assert_eq!(inbox, DocId::inbox_of(&ana));
+        assert_ne!(inbox, DocId::inbox_of(&UserId::new("bob").unwrap()));
+        for _ in 0..1000 {
+            assert!(!DocId::random().is_inbox());
+        }
     }
 }

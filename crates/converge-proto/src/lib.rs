@@ -23,8 +23,8 @@ mod msg;
 pub use codes::{CloseCode, ErrorCode};
 pub use frame::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_SERVER_FRAME_BYTES, FRAME_VERSION, FrameError,
-    MAX_FRAME_CEILING, decode_args, decode_client, decode_server, encode_args, encode_client,
-    encode_server,
+    MAX_FRAME_CEILING, client_frame_kind, decode_args, decode_client, decode_server, encode_args,
+    encode_client, encode_server, server_frame_kind,
 };
 pub use msg::{
     Blob, ClientMsg, Limits, LockOutcome, MutationOutcome, NotificationMsg, PROTOCOL_VERSION, Peer,

@@ -283,6 +283,23 @@ pub enum ServerMsg {
 }
 
 impl ClientMsg {
+    /// Every [`ClientMsg::kind`], in the order of the variants (their tag on the wire).
+    pub const KINDS: [&'static str; 13] = [
+        "hello",
+        "subscribe",
+        "unsubscribe",
+        "push",
+        "mutate",
+        "lock",
+        "renew_lock",
+        "unlock",
+        "presence",
+        "publish",
+        "reauth",
+        "ping",
+        "sync_msg",
+    ];
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -304,6 +321,25 @@ impl ClientMsg {
 }
 
 impl ServerMsg {
+    /// Every [`ServerMsg::kind`], in the order of the variants (their tag on the wire).
+    pub const KINDS: [&'static str; 15] = [
+        "welcome",
+        "snapshot",
+        "changes",
+        "live",
+        "ack",
+        "mutation_result",
+        "lock_result",
+        "lock_state",
+        "presence",
+        "event",
+        "notification",
+        "error",
+        "pong",
+        "sync_msg",
+        "reconciled",
+    ];
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

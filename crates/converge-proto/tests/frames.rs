@@ -173,3 +173,163 @@ fn a_huge_claimed_length_does_not_allocate_it() {
     frame.extend_from_slice(&[0xFD, 0, 0, 0, 0, 0, 1, 0, 0]);
     assert!(decode_client(&frame, 1024).is_err());
 }
+
+/// The frame-kind peek (metrics) names every message as `kind()` does: one of each variant.
+#[test]
+fn frame_kinds_match_every_variant() {
+    use converge_proto::{
+        ClientId, FencingToken, Limits, LockOutcome, MutationId, MutationOutcome, NotificationMsg,
+        Peer, SessionId, UserId, client_frame_kind, server_frame_kind,
+    };
+    let doc = DocId::random();
+    let b = || Blob(vec![1, 2, 3]);
+    let peer = Peer {
+        session: SessionId(1),
+        user: UserId::new("ana").unwrap(),
+    };
+    let client = [
+        ClientMsg::Hello {
+            protocol: 1,
+            client_id: ClientId::random(),
+            token: None,
+        },
+        ClientMsg::Subscribe { doc, after: None },
+        ClientMsg::Unsubscribe { doc },
+        ClientMsg::Push {
+            doc,
+            changes: vec![b()],
+        },
+        ClientMsg::Mutate {
+            doc,
+            mutation_id: MutationId(1),
+            name: "m".into(),
+            args: b(),
+            fence: None,
+        },
+        ClientMsg::Lock {
+            doc,
+            key: "k".into(),
+            ttl_ms: 1000,
+        },
+        ClientMsg::RenewLock {
+            doc,
+            key: "k".into(),
+            token: FencingToken(1),
+            ttl_ms: 1000,
+        },
+        ClientMsg::Unlock {
+            doc,
+            key: "k".into(),
+            token: FencingToken(1),
+        },
+        ClientMsg::Presence { doc, state: b() },
+        ClientMsg::Publish {
+            room: "user:ana".into(),
+            event: "e".into(),
+            data: b(),
+        },
+        ClientMsg::Reauth { token: "t".into() },
+        ClientMsg::Ping { nonce: 1 },
+        ClientMsg::SyncMsg { doc, bytes: b() },
+    ];
+    assert_eq!(client.len(), ClientMsg::KINDS.len());
+    for m in &client {
+        let frame = encode_client(m).unwrap();
+        assert_eq!(client_frame_kind(&frame), Some(m.kind()), "{m:?}");
+    }
+    let server = [
+        ServerMsg::Welcome {
+            session: SessionId(1),
+            user: peer.user.clone(),
+            roles: vec![],
+            server_time_ms: 1,
+            heartbeat_ms: 1,
+            limits: Limits {
+                max_frame_bytes: 1,
+                max_server_frame_bytes: 1,
+                max_change_bytes: 1,
+                max_push_changes: 1,
+                max_docs: 1,
+            },
+        },
+        ServerMsg::Snapshot {
+            doc,
+            epoch: Epoch(1),
+            seq: Seq(1),
+            bytes: b(),
+            reconcile: false,
+        },
+        ServerMsg::Changes {
+            doc,
+            epoch: Epoch(1),
+            from_seq: Seq(1),
+            changes: vec![b()],
+        },
+        ServerMsg::Live {
+            doc,
+            epoch: Epoch(1),
+            seq: Seq(1),
+        },
+        ServerMsg::Ack {
+            doc,
+            upto_seq: Seq(1),
+            heads: vec![],
+            new: None,
+        },
+        ServerMsg::MutationResult {
+            doc,
+            mutation_id: MutationId(1),
+            outcome: MutationOutcome::Applied { seq: Seq(1) },
+        },
+        ServerMsg::LockResult {
+            doc,
+            key: "k".into(),
+            outcome: LockOutcome::Released,
+        },
+        ServerMsg::LockState {
+            doc,
+            key: "k".into(),
+            holder: None,
+            token: None,
+            expires_at_ms: None,
+        },
+        ServerMsg::Presence {
+            doc,
+            peer: peer.clone(),
+            state: None,
+        },
+        ServerMsg::Event {
+            room: "user:ana".into(),
+            event: "e".into(),
+            data: b(),
+            from: Some(peer),
+        },
+        ServerMsg::Notification(NotificationMsg {
+            id: "n".into(),
+            priority: "low".into(),
+            category: "c".into(),
+            title: "t".into(),
+            body: "b".into(),
+            data: b(),
+            created_at_ms: 1,
+        }),
+        ServerMsg::Error {
+            code: ErrorCode::Internal,
+            message: "m".into(),
+            doc: None,
+        },
+        ServerMsg::Pong {
+            nonce: 1,
+            server_time_ms: 1,
+        },
+        ServerMsg::SyncMsg { doc, bytes: b() },
+        ServerMsg::Reconciled { doc },
+    ];
+    assert_eq!(server.len(), ServerMsg::KINDS.len());
+    for m in &server {
+        let frame = encode_server(m).unwrap();
+        assert_eq!(server_frame_kind(&frame), Some(m.kind()), "{m:?}");
+    }
+    assert_eq!(server_frame_kind(&[]), None);
+    assert_eq!(server_frame_kind(&[FRAME_VERSION, 200]), None);
+}
