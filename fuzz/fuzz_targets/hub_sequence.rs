@@ -104,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
                 Output::Reconcile { .. }
                 | Output::Release { .. }
                 | Output::MutationDone { .. }
+                | Output::RecordUser { .. }
                 | Output::Send { .. }
                 | Output::Close { .. } => {}
             }

@@ -42,6 +42,12 @@ pub struct DevAuthenticator;
 
 impl Authenticator for DevAuthenticator {
     fn authenticate(&self, token: Option<&str>, _now_ms: u64) -> Result<Identity, AuthError> {
+        if token == Some(UserId::SERVER) {
+            return Err(AuthError {
+                code: ErrorCode::Unauthorized,
+                message: format!("{:?} is reserved for the server", UserId::SERVER),
+            });
+        }
         let user =
             UserId::new(token.filter(|t| !t.is_empty()).unwrap_or("anonymous")).map_err(|e| {
                 AuthError {

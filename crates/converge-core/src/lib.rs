@@ -22,6 +22,7 @@ mod locks;
 mod mutation;
 mod permissions;
 mod presence;
+mod rate;
 mod session;
 
 pub use apply::{ApplyError, apply_changes, apply_incoming, changes_since};
@@ -29,9 +30,9 @@ pub use auth::{AuthError, Authenticator, DevAuthenticator, Identity};
 pub use backoff::{Backoff, CircuitBreaker};
 pub use catchup::{CatchupPlan, HeadView, plan_catchup};
 pub use hub::{
-    Appended, Catchup, ExternalMutation, Hub, HubConfig, HubStats, LocksRecorded,
+    Appended, Audience, Catchup, ExternalMutation, Hub, HubConfig, HubStats, LocksRecorded,
     MAX_RECONCILE_ROUNDS, Mutated, MutationRequest, Output, PushAuthor, PushedChange, Refusal,
-    SyncStep, Ticket,
+    Room, SyncStep, Ticket,
 };
 pub use locks::{
     FenceCheck, LockChange, LockHolder, LockRefusal, LockTable, MAX_LOCK_TTL_MS, MIN_LOCK_TTL_MS,
@@ -39,6 +40,7 @@ pub use locks::{
 pub use mutation::{Ctx, Mutator, Mutators, Rejection};
 pub use permissions::{Acl, Permission, Permissions, Roles, global_permissions, permissions};
 pub use presence::{PRESENCE_INTERVAL_MS, PRESENCE_TTL_MS, PresenceOut, PresenceTable};
+pub use rate::{Bucket, Rate};
 pub use session::{
     ClientSession, IncomingBatch, MUTATION_WINDOW, QueuedMutation, SessionConfig, SessionEvent,
 };

@@ -183,7 +183,25 @@ impl Acl {
 }
 
 /// What `identity` may do in `doc`: its roles, its token's grant for `doc`, the ACL's.
+///
+/// An inbox ([`DocId::is_inbox`]) is the exception: it is the server's to write. Its owner may
+/// read it, run its mutators (mark-read, preferences) and set presence in it; an admin may do
+/// anything; nobody else may do anything, whatever their roles, grants or the ACL say.
 pub fn permissions(roles: &Roles, acl: &Acl, identity: &Identity, doc: &DocId) -> Permissions {
+    // The server's own writes (notifications) are not subject to roles, which an operator
+    // may define without an admin; no token can name this user.
+    if identity.user == UserId::server() {
+        return Permissions::ALL;
+    }
+    if doc.is_inbox() {
+        return if global_permissions(roles, identity).has(Permission::Admin) {
+            Permissions::ALL
+        } else if *doc == DocId::inbox_of(&identity.user) {
+            Permissions::of(&[Permission::Read, Permission::Mutate, Permission::Presence])
+        } else {
+            Permissions::NONE
+        };
+    }
     let mut p = identity
         .roles
         .iter()

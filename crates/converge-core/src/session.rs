@@ -137,6 +137,15 @@ pub enum SessionEvent {
         peer: Peer,
         state: Option<Blob>,
     },
+    /// An event published to a room this session is in (`from: None`: a backend).
+    Event {
+        room: String,
+        event: String,
+        data: Blob,
+        from: Option<Peer>,
+    },
+    /// A notification pushed live (it is in the user's inbox document too).
+    Notification(converge_proto::NotificationMsg),
     /// A reconciliation ended (`ok`: the server has everything this client offered).
     /// `position`: persist it now (held back while the reconciliation was open).
     Reconciled {
@@ -347,6 +356,20 @@ impl ClientSession {
 
     /// Sets this session's presence in a live document (dropped while offline: presence
     /// is ephemeral, the shell sets it again after reconnecting).
+    /// Publishes an ephemeral event to a room. Events are not queued: offline, it is dropped
+    /// and this returns false.
+    pub fn publish(&mut self, room: String, event: String, data: Vec<u8>) -> bool {
+        if self.conn != Conn::Online {
+            return false;
+        }
+        self.out.push_back(ClientMsg::Publish {
+            room,
+            event,
+            data: Blob(data),
+        });
+        true
+    }
+
     pub fn set_presence(&mut self, doc: DocId, state: Vec<u8>) {
         if self.conn == Conn::Online && self.is_live(&doc) {
             self.out.push_back(ClientMsg::Presence {
@@ -733,6 +756,18 @@ impl ClientSession {
                 self.events
                     .push_back(SessionEvent::Presence { doc, peer, state });
             }
+            ServerMsg::Event {
+                room,
+                event,
+                data,
+                from,
+            } => self.events.push_back(SessionEvent::Event {
+                room,
+                event,
+                data,
+                from,
+            }),
+            ServerMsg::Notification(n) => self.events.push_back(SessionEvent::Notification(n)),
             ServerMsg::Pong { nonce, .. } => {
                 if let Some(sent) = self.pings.remove(&nonce) {
                     // Older pings were answered out of order or lost; they no longer count.
@@ -747,7 +782,6 @@ impl ClientSession {
                     }
                 }
             }
-            _ => {}
         }
     }
 

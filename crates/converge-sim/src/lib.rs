@@ -623,6 +623,8 @@ impl Sim {
                     self.server.hub.handle_locks_loaded(ticket, r, self.now_ms);
                 }
                 Output::MutationDone { .. } => {}
+                // The sim keeps no user directory across restarts.
+                Output::RecordUser { .. } => {}
             }
         }
     }

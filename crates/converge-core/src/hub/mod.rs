@@ -24,8 +24,10 @@ use crate::locks::{LockChange, LockHolder, LockTable};
 use crate::presence::PresenceTable;
 
 mod ops;
+mod rooms;
 
 pub use ops::{ExternalMutation, LocksRecorded, Mutated, MutationRequest};
+pub use rooms::{Audience, Room};
 
 /// A request to the shell, answered by a `handle_*` call carrying the same ticket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,6 +99,9 @@ pub enum Output {
         ticket: Ticket,
         result: Result<MutationOutcome, Refusal>,
     },
+    /// A user said Hello with roles the directory did not hold: record them (the directory
+    /// resolves notifications to roles, also for users offline). No answer is expected.
+    RecordUser { user: UserId, roles: Vec<String> },
 }
 
 /// The shell's answer to [`Output::Reconcile`]: what the client's sync message showed the
@@ -192,6 +197,16 @@ pub struct HubConfig {
     /// `message_burst`); beyond it messages are refused with `RateLimited` and dropped.
     pub messages_per_sec: u32,
     pub message_burst: u32,
+    /// Messages per second over all connections of one user (so more connections do not
+    /// raise a user's rate).
+    pub user_message_rate: crate::Rate,
+    /// `Publish`es per second from one connection, and from one user.
+    pub publish_rate: crate::Rate,
+    pub user_publish_rate: crate::Rate,
+    /// Largest event data in bytes; larger is refused with `EventTooLarge`.
+    pub max_event_bytes: usize,
+    /// Connections one user may have open; one more is refused with `TooManyConnections`.
+    pub max_connections_per_user: u32,
 }
 
 impl Default for HubConfig {
@@ -214,6 +229,20 @@ impl Default for HubConfig {
             roles: crate::permissions::Roles::default(),
             messages_per_sec: 500,
             message_burst: 1000,
+            user_message_rate: crate::Rate {
+                per_sec: 2000,
+                burst: 4000,
+            },
+            publish_rate: crate::Rate {
+                per_sec: 50,
+                burst: 100,
+            },
+            user_publish_rate: crate::Rate {
+                per_sec: 100,
+                burst: 200,
+            },
+            max_event_bytes: 64 * 1024,
+            max_connections_per_user: 64,
         }
     }
 }
@@ -228,6 +257,10 @@ pub struct HubStats {
     pub sessions_by_user: std::collections::BTreeMap<String, usize>,
     /// Locks held, over every document.
     pub locks_held: usize,
+    /// Members (sessions) of every non-empty room, by room name.
+    pub rooms: std::collections::BTreeMap<String, usize>,
+    /// Users in the directory (seen at some time).
+    pub known_users: usize,
 }
 
 #[derive(Debug)]
@@ -248,9 +281,10 @@ struct Session {
     pushes_in_flight: HashMap<DocId, u32>,
     /// Mutations handed to the shell and not yet answered, per document.
     mutations_in_flight: HashMap<DocId, u32>,
-    /// The message rate limit: credit in thousandths of a message, as of `credit_at_ms`.
-    credit_milli: u64,
-    credit_at_ms: u64,
+    /// The message rate limit.
+    messages: crate::Bucket,
+    /// The publish rate limit.
+    publishes: crate::Bucket,
     /// When this session was last told it is rate limited (told at most once a second,
     /// except for pushes and mutations, which the client must know to send again).
     limited_told_ms: Option<u64>,
@@ -369,6 +403,10 @@ pub struct Hub {
     locks: HashMap<DocId, LockDoc>,
     /// Per-document grants set by admins.
     acl: crate::permissions::Acl,
+    /// Users with a session now: their sessions and per-user rate limits.
+    users: HashMap<UserId, rooms::UserState>,
+    /// Users seen at some time, with the roles of their last token.
+    directory: HashMap<UserId, Vec<String>>,
     pending: HashMap<Ticket, Pending>,
     out: VecDeque<Output>,
     next_session: u64,
@@ -385,6 +423,8 @@ impl Hub {
             docs: HashMap::new(),
             locks: HashMap::new(),
             acl: crate::permissions::Acl::default(),
+            users: HashMap::new(),
+            directory: HashMap::new(),
             pending: HashMap::new(),
             out: VecDeque::new(),
             next_session: 1,
@@ -395,6 +435,13 @@ impl Hub {
 
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    fn message_rate(&self) -> crate::Rate {
+        crate::Rate {
+            per_sec: self.config.messages_per_sec,
+            burst: self.config.message_burst,
+        }
     }
 
     /// A connection opened. Returns its session id.
@@ -417,8 +464,8 @@ impl Hub {
                 pushes_in_flight: HashMap::new(),
                 mutations_in_flight: HashMap::new(),
                 upgrade_token: token,
-                credit_milli: u64::from(self.config.message_burst) * 1000,
-                credit_at_ms: now_ms,
+                messages: crate::Bucket::full(self.message_rate(), now_ms),
+                publishes: crate::Bucket::full(self.config.publish_rate, now_ms),
                 limited_told_ms: None,
                 last_seen_ms: now_ms,
                 closed: false,
@@ -436,6 +483,9 @@ impl Hub {
             for doc in s.docs {
                 self.drop_sub(&doc, session);
             }
+            if let Handshake::Ready { identity } = s.handshake {
+                self.user_left(session, &identity.user);
+            }
         }
         // Offline clients hold no locks.
         self.release_locks_of(session);
@@ -451,17 +501,17 @@ impl Hub {
             return;
         }
         s.last_seen_ms = now_ms;
-        // The bucket refills `messages_per_sec` per second, up to `message_burst`.
-        let (rate, burst) = (
-            u64::from(self.config.messages_per_sec),
-            u64::from(self.config.message_burst) * 1000,
-        );
-        let elapsed = now_ms.saturating_sub(s.credit_at_ms);
-        s.credit_milli = (s.credit_milli + elapsed.saturating_mul(rate)).min(burst);
-        s.credit_at_ms = s.credit_at_ms.max(now_ms);
-        let allowed = s.credit_milli >= 1000;
-        if allowed {
-            s.credit_milli -= 1000;
+        let rate = crate::Rate {
+            per_sec: self.config.messages_per_sec,
+            burst: self.config.message_burst,
+        };
+        let mut allowed = s.messages.take(rate, now_ms);
+        let user = match &s.handshake {
+            Handshake::Ready { identity } => Some(identity.user.clone()),
+            Handshake::AwaitingHello { .. } => None,
+        };
+        if allowed && let Some(user) = user {
+            allowed = self.user_may_send(&user, now_ms);
         }
         match decode_client(frame, limit) {
             Ok(msg) if allowed => self.handle_msg(session, msg, now_ms),
@@ -648,6 +698,8 @@ impl Hub {
                 .filter_map(|l| l.table.as_ref())
                 .map(|t| t.holders().count())
                 .sum(),
+            rooms: self.room_sizes(),
+            known_users: self.directory.len(),
         }
     }
 
@@ -710,13 +762,8 @@ impl Hub {
             | ClientMsg::Unlock { .. }) => self.lock_or_mutate(session, msg, now_ms),
             ClientMsg::Presence { doc, state } => self.presence(session, doc, state, now_ms),
             ClientMsg::Reauth { token } => self.reauth(session, &token, now_ms),
-            other => {
-                self.error(
-                    session,
-                    ErrorCode::Internal,
-                    &format!("{} is not implemented by this server yet", other.kind()),
-                    None,
-                );
+            ClientMsg::Publish { room, event, data } => {
+                self.publish(session, room, event, data, now_ms)
             }
         }
     }
@@ -766,6 +813,9 @@ impl Hub {
             heartbeat_ms: self.config.heartbeat_ms,
             limits: self.config.limits.clone(),
         };
+        if !self.user_joined(session, &identity, now_ms) {
+            return;
+        }
         if let Some(s) = self.sessions.get_mut(&session) {
             s.handshake = Handshake::Ready { identity };
             s.client = Some(client);
@@ -801,7 +851,8 @@ impl Hub {
             self.close(session, CloseCode::Revoked, "Reauth for another user");
             return;
         }
-        *current = identity;
+        *current = identity.clone();
+        self.note_roles(&identity);
     }
 
     fn subscribe(&mut self, session: SessionId, doc: DocId, after: Option<Position>) {
@@ -1515,7 +1566,14 @@ impl Hub {
             return;
         }
         s.closed = true;
+        let user = match &s.handshake {
+            Handshake::Ready { identity } => Some(identity.user.clone()),
+            Handshake::AwaitingHello { .. } => None,
+        };
         let docs = std::mem::take(&mut s.docs);
+        if let Some(user) = user {
+            self.user_left(session, &user);
+        }
         for doc in docs {
             self.drop_sub(&doc, session);
         }
