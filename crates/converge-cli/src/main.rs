@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
 mod demo;
+mod limits;
 mod serve;
 mod token;
 
@@ -55,6 +56,8 @@ enum Command {
         max_frame_bytes: usize,
         #[command(flatten)]
         jwt: token::JwtArgs,
+        #[command(flatten)]
+        limits: limits::LimitArgs,
     },
     /// Prints a signed token (HS256, the server's secret: --jwt-secret, CONVERGE_JWT_SECRET,
     /// or <data>/jwt-secret) as its last line.
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
             flush_every_ms,
             max_frame_bytes,
             jwt,
+            limits,
         } => serve::run(serve::Options {
             addr,
             data: data.data,
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
             flush_every_ms,
             max_frame_bytes,
             jwt,
+            limits,
         }),
         Command::Token(args) => token::run(args),
         Command::Demo { server } => demo::run(server),

@@ -16,6 +16,7 @@ pub(crate) struct Options {
     pub(crate) flush_every_ms: u64,
     pub(crate) max_frame_bytes: usize,
     pub(crate) jwt: crate::token::JwtArgs,
+    pub(crate) limits: crate::limits::LimitArgs,
 }
 
 pub(crate) fn run(opts: Options) -> anyhow::Result<ExitCode> {
@@ -39,6 +40,7 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<ExitCode> {
     config.hub.limits.max_frame_bytes =
         opts.max_frame_bytes
             .clamp(4096, converge_proto::MAX_FRAME_CEILING) as u32;
+    opts.limits.apply(&mut config);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let data = config.data_dir.display().to_string();

@@ -140,6 +140,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Who the server last said this client is (for the optimistic runs' `Ctx`).
     pub(crate) user: Mutex<Option<UserId>>,
+    /// Room events and live notifications, to every stream that listens.
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::RoomEvent>,
+    pub(crate) notifications: tokio::sync::broadcast::Sender<converge_proto::NotificationMsg>,
 }
 
 impl Shared {
@@ -202,6 +205,8 @@ impl Client {
             token_changed: Notify::new(),
             shutdown: watch::Sender::new(false),
             user: Mutex::new(None),
+            events: tokio::sync::broadcast::Sender::new(crate::rooms::FEED_CAPACITY),
+            notifications: tokio::sync::broadcast::Sender::new(crate::rooms::FEED_CAPACITY),
         });
         let task = tokio::spawn(conn::run(shared.clone()));
         Ok(Client {
@@ -285,6 +290,10 @@ impl Client {
     /// The current status, then each change of it (a slow reader sees the newest).
     pub fn status_stream(&self) -> impl Stream<Item = Status> + Send + 'static {
         status::stream(self.shared.status.subscribe())
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {

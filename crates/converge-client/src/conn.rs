@@ -379,6 +379,23 @@ impl Driver {
                             ops::lock_state(&d, key, holder, token, expires_at_ms);
                         }
                     }
+                    SessionEvent::Event {
+                        room,
+                        event,
+                        data,
+                        from,
+                    } => {
+                        // No receiver is fine: nobody listens for events.
+                        let _ = self.shared.events.send(crate::RoomEvent {
+                            room,
+                            event,
+                            data: data.into_vec(),
+                            from,
+                        });
+                    }
+                    SessionEvent::Notification(n) => {
+                        let _ = self.shared.notifications.send(n);
+                    }
                     SessionEvent::Presence { doc, peer, state } => {
                         if let Some(d) = self.shared.doc(&doc) {
                             ops::presence_changed(&d, peer, state.map(|b| b.into_vec()));

@@ -43,6 +43,7 @@ mod metrics;
 mod ops;
 mod queue;
 mod record;
+mod rooms;
 mod status;
 pub mod store;
 
@@ -54,12 +55,14 @@ pub use ops::{
     LockGuard, LockInfo, MAX_PRESENCE_BYTES, MutationHandle, OperationEvent, OperationState,
     PeerPresence,
 };
+pub use rooms::{Feed, RoomEvent};
 pub use status::Status;
 
 pub use automerge;
 pub use converge_core::{Ctx, Mutator, Mutators, Rejection};
 pub use converge_proto::{
-    DocId, ErrorCode, FencingToken, MutationId, MutationOutcome, Peer, Position, SessionId,
+    DocId, ErrorCode, FencingToken, MutationId, MutationOutcome, NotificationMsg, Peer, Position,
+    SessionId, UserId,
 };
 
 /// Locks a mutex, also after a panic elsewhere poisoned it: every critical section here leaves

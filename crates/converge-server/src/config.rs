@@ -29,6 +29,9 @@ pub struct ServerConfig {
     /// Who may connect: [`AuthConfig::Dev`] (the token is the user id, unverified) by
     /// default for embedding and tests; `converge serve` always runs JWT.
     pub auth: AuthConfig,
+    /// How long notifications stay in an inbox, and how many (read low-priority ones go
+    /// first); applied at each delivery.
+    pub inbox_retention: converge_schema::Retention,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             ws_write_buffer: 0,
             mutators: Mutators::new(),
             auth: AuthConfig::Dev,
+            inbox_retention: converge_schema::Retention::default(),
         }
     }
 }

@@ -42,6 +42,25 @@ pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<Stri
     (status, Json(body)).into_response()
 }
 
+/// A 422 for a request that is well-formed HTTP but not a valid request.
+pub(crate) fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// The response for a refusal of the hub or the log, with the status its code implies.
+pub(crate) fn refusal_response(r: converge_core::Refusal) -> Response {
+    let status = match r.code {
+        ErrorCode::ShuttingDown | ErrorCode::StorageFailed => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::DocDeleted | ErrorCode::UnknownDoc => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, r.code, r.message)
+}
+
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)?
@@ -122,18 +141,7 @@ pub(crate) async fn mutate(
             })),
         )
             .into_response(),
-        Err(r) => {
-            let status = match r.code {
-                ErrorCode::ShuttingDown | ErrorCode::StorageFailed => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-                ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-                ErrorCode::DocDeleted | ErrorCode::UnknownDoc => StatusCode::NOT_FOUND,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            error(status, r.code, r.message)
-        }
+        Err(r) => refusal_response(r),
     }
 }
 
@@ -162,7 +170,10 @@ struct AclBody {
 /// Who calls, by the Bearer token, with the same authenticator as a WebSocket Hello (401
 /// with the refusal's code otherwise).
 #[allow(clippy::result_large_err)]
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<converge_core::Identity, Response> {
+pub(crate) fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<converge_core::Identity, Response> {
     state
         .auth
         .authenticate(bearer(headers), now_ms())
@@ -171,7 +182,10 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<converge_core::Identi
 
 /// The caller, if the token is valid and its roles include admin; else the error response.
 #[allow(clippy::result_large_err)]
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<converge_core::Identity, Response> {
+pub(crate) fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<converge_core::Identity, Response> {
     let identity = caller(state, headers)?;
     if !converge_core::global_permissions(&state.config.hub.roles, &identity)
         .has(converge_core::Permission::Admin)
@@ -325,14 +339,23 @@ pub(crate) async fn stats(State(state): State<AppState>, headers: HeaderMap) -> 
         .await
         .ok()
         .and_then(Result::ok);
+    let flush = state.log.flush_stats();
     let body = serde_json::json!({
         "connections": s.sessions,
         "sessions_by_user": s.sessions_by_user,
         "subscriptions": s.subscriptions,
+        "rooms": s.rooms,
+        "known_users": s.known_users,
         "documents_subscribed": s.docs,
         "documents_loaded": state.store.loaded().len(),
         "locks_held": s.locks_held,
         "log_bytes": log_bytes,
+        "flush": {
+            "count": flush.flushes,
+            "mean_us": flush.mean_us(),
+            "max_us": flush.max_us,
+            "last_us": flush.last_us,
+        },
     });
     (StatusCode::OK, Json(body)).into_response()
 }

@@ -18,6 +18,8 @@ use converge_proto::{Blob, CloseCode, DocId, ErrorCode, MutationOutcome, Positio
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::LogExecutor;
+use crate::metrics::Metrics;
+use std::sync::Arc;
 
 /// New entries of a document between two checks whether a snapshot is due (the log's rule
 /// is counted in thousands of entries; checking every append would cost a task each).
@@ -120,6 +122,24 @@ pub(crate) enum HubEvent {
     Stats {
         reply: oneshot::Sender<HubStats>,
     },
+    /// An event from the HTTP API to a room: how many sessions it reached.
+    Publish {
+        identity: Box<converge_core::Identity>,
+        room: String,
+        event: String,
+        data: Blob,
+        reply: oneshot::Sender<Result<usize, Refusal>>,
+    },
+    /// Who a notification is for.
+    Recipients {
+        audience: converge_core::Audience,
+        reply: oneshot::Sender<std::collections::BTreeSet<converge_proto::UserId>>,
+    },
+    /// Messages to every session of these users (live notifications): how many were sent.
+    SendToUsers {
+        messages: Vec<(converge_proto::UserId, converge_proto::ServerMsg)>,
+        reply: oneshot::Sender<usize>,
+    },
     /// Close every session, finish pending appends, flush the log, then answer.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -141,6 +161,11 @@ enum Job {
         relayed: bool,
         at_ms: u64,
     },
+    /// Records a user of the directory (no answer; its durability rides on the next flush).
+    User {
+        user: converge_proto::UserId,
+        roles: Vec<String>,
+    },
     Mutate {
         ticket: Ticket,
         request: MutationRequest,
@@ -158,6 +183,8 @@ enum Job {
 struct Written {
     event: HubEvent,
     durable: Option<Durable>,
+    /// When the writer took the job (for the append latency).
+    started: std::time::Instant,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -179,6 +206,7 @@ pub(crate) struct Tasks {
 pub(crate) fn spawn(
     hub: Hub,
     exec: LogExecutor,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(mpsc::Sender<HubEvent>, watch::Receiver<bool>, Tasks)> {
     let (tx, rx) = mpsc::channel::<HubEvent>(4096);
     let (ready_tx, ready_rx) = watch::channel(true);
@@ -189,8 +217,8 @@ pub(crate) fn spawn(
     let writer = std::thread::Builder::new()
         .name("converge-writer".into())
         .spawn(move || writer(writer_exec, job_rx, wait_tx))?;
-    tokio::spawn(waiter(wait_rx, tx.clone()));
-    let hub = tokio::spawn(run(hub, exec, rx, tx.clone(), job_tx, ready_tx));
+    tokio::spawn(waiter(wait_rx, tx.clone(), metrics.clone()));
+    let hub = tokio::spawn(run(hub, exec, rx, tx.clone(), job_tx, ready_tx, metrics));
     Ok((tx, ready_rx, Tasks { hub, writer }))
 }
 
@@ -211,6 +239,7 @@ fn writer(
     wait: mpsc::UnboundedSender<Written>,
 ) {
     while let Ok(job) = jobs.recv() {
+        let started = std::time::Instant::now();
         let written = match job {
             Job::Append {
                 ticket,
@@ -229,13 +258,21 @@ fn writer(
                         result,
                     },
                     durable,
+                    started,
                 }
+            }
+            Job::User { user, roles } => {
+                if let Err(e) = exec.log().set_user(&user, &roles) {
+                    tracing::warn!(error = %e, user = user.as_str(), "could not record a user");
+                }
+                continue;
             }
             Job::Mutate { ticket, request } => {
                 let (result, durable) = split(exec.mutate(&request));
                 Written {
                     event: HubEvent::Mutated { ticket, result },
                     durable,
+                    started,
                 }
             }
             Job::Locks {
@@ -248,6 +285,7 @@ fn writer(
                 Written {
                     event: HubEvent::LocksRecorded { ticket, result },
                     durable,
+                    started,
                 }
             }
         };
@@ -284,8 +322,17 @@ fn failed(event: HubEvent, r: Refusal) -> HubEvent {
 }
 
 /// Awaits durability in write order, then tells the hub.
-async fn waiter(mut rx: mpsc::UnboundedReceiver<Written>, hub: mpsc::Sender<HubEvent>) {
-    while let Some(Written { event, durable }) = rx.recv().await {
+async fn waiter(
+    mut rx: mpsc::UnboundedReceiver<Written>,
+    hub: mpsc::Sender<HubEvent>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(Written {
+        event,
+        durable,
+        started,
+    }) = rx.recv().await
+    {
         let event = match durable {
             None => event,
             Some(durable) => match durable.await {
@@ -296,6 +343,7 @@ async fn waiter(mut rx: mpsc::UnboundedReceiver<Written>, hub: mpsc::Sender<HubE
                 }
             },
         };
+        metrics.append_took(started.elapsed());
         if hub.send(event).await.is_err() {
             return;
         }
@@ -309,6 +357,7 @@ async fn run(
     tx: mpsc::Sender<HubEvent>,
     jobs: std::sync::mpsc::Sender<Job>,
     ready: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut conns: HashMap<SessionId, Conn> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -329,6 +378,8 @@ async fn run(
         let wake = hub.next_wake_ms().map(|at| {
             tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
         });
+        // Set when the event may fan out a durable write: the time to queue its frames.
+        let mut fanout_from: Option<std::time::Instant> = None;
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -336,20 +387,27 @@ async fn run(
                     HubEvent::Connect { out, kill, reply, token } => {
                         let session = hub.connect_with_token(now_ms(), token);
                         conns.insert(session, Conn { out, kill: Some(kill) });
+                        metrics.connected();
                         let _ = reply.send(session);
                     }
-                    HubEvent::Frame { session, bytes } => hub.handle_frame(session, &bytes, now_ms()),
+                    HubEvent::Frame { session, bytes } => {
+                        metrics.frame_in(&bytes);
+                        hub.handle_frame(session, &bytes, now_ms());
+                    }
                     HubEvent::Text { session } => hub.handle_text(session),
                     HubEvent::RateLimited { session } => hub.handle_rate_limited(session),
                     HubEvent::Oversize { session, size } => hub.handle_oversize(session, size),
                     HubEvent::Disconnect { session } => {
-                        conns.remove(&session);
+                        if conns.remove(&session).is_some() {
+                            metrics.disconnected();
+                        }
                         hub.disconnect(session);
                     }
                     HubEvent::Appended { ticket, doc, changes, result } => {
                         let wrote = result
                             .as_ref()
                             .map_or(0, |a| a.changes.iter().filter(|c| c.new).count() as u64);
+                        fanout_from = Some(std::time::Instant::now());
                         hub.handle_appended(ticket, &changes, result);
                         let n = since_check.entry(doc).or_default();
                         *n += wrote;
@@ -359,8 +417,17 @@ async fn run(
                         }
                     }
                     HubEvent::Reconciled { ticket, result } => hub.handle_reconcile(ticket, result),
-                    HubEvent::Mutated { ticket, result } => hub.handle_mutated(ticket, result),
+                    HubEvent::Mutated { ticket, result } => {
+                        if let Ok(m) = &result {
+                            metrics.mutation(&m.outcome);
+                        }
+                        fanout_from = Some(std::time::Instant::now());
+                        hub.handle_mutated(ticket, result);
+                    }
                     HubEvent::LocksRecorded { ticket, result } => {
+                        if let Ok(r) = &result {
+                            metrics.lock_granted(r.tokens.iter().flatten().count() as u64);
+                        }
                         hub.handle_locks_recorded(ticket, result);
                     }
                     HubEvent::LocksLoaded { ticket, result } => {
@@ -394,6 +461,23 @@ async fn run(
                     HubEvent::Stats { reply } => {
                         let _ = reply.send(hub.stats());
                     }
+                    HubEvent::Publish { identity, room, event, data, reply } => {
+                        let result = hub.publish_external(&identity, &room, event, data);
+                        if result.is_ok() {
+                            metrics.published();
+                        }
+                        let _ = reply.send(result);
+                    }
+                    HubEvent::Recipients { audience, reply } => {
+                        let _ = reply.send(hub.recipients(&audience));
+                    }
+                    HubEvent::SendToUsers { messages, reply } => {
+                        let sent = messages
+                            .iter()
+                            .map(|(user, msg)| hub.send_to_user(user, msg))
+                            .sum();
+                        let _ = reply.send(sent);
+                    }
                     HubEvent::Shutdown { done } => {
                         let _ = ready.send(false);
                         hub.shutdown();
@@ -410,6 +494,7 @@ async fn run(
                     let Some(c) = conns.get(&session) else {
                         continue;
                     };
+                    metrics.frame_out(&frame);
                     if c.out.try_send(ConnOut::Frame(frame)).is_err() {
                         hub.handle_slow_consumer(session);
                     }
@@ -479,12 +564,20 @@ async fn run(
                     session,
                     bytes,
                 } => reconcile(&exec, &tx, ticket, doc, session, bytes),
+                Output::RecordUser { user, roles } => {
+                    if jobs.send(Job::User { user, roles }).is_err() {
+                        tracing::error!("the writer thread is gone");
+                    }
+                }
                 Output::Release { doc } => {
                     since_check.remove(&doc);
                     let exec = exec.clone();
                     tokio::task::spawn_blocking(move || exec.evict(&doc));
                 }
             }
+        }
+        if let Some(at) = fanout_from {
+            metrics.fanout_took(at.elapsed());
         }
         if shutdown.is_some() && hub.drained() {
             let exec = exec.clone();

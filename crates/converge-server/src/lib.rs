@@ -18,9 +18,12 @@
 pub mod auth;
 mod config;
 mod connection;
+mod docs_api;
 mod executor;
 mod http;
 mod hub_task;
+mod metrics;
+mod notify;
 mod server;
 
 pub use config::ServerConfig;

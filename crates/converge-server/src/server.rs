@@ -49,6 +49,7 @@ pub(crate) struct AppState {
     pub(crate) log: Arc<dyn EventLog>,
     /// The documents the server holds materialized.
     pub(crate) store: Arc<converge_log::DocStore>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A running server.
@@ -187,9 +188,26 @@ pub async fn start_with_log(
     for (doc, user, role) in grants {
         hub.set_acl(doc, user, Some(role));
     }
-    let exec = LogExecutor::new(log.clone()).with_mutators(config.mutators.clone());
+    // The directory of users seen resolves notifications to roles across restarts.
+    let users = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.users())
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+            .map_err(|source| ServerError::Log {
+                dir: config.data_dir.display().to_string(),
+                source,
+            })?
+    };
+    hub.load_directory(users);
+    // Notifications need the inbox mutators whatever else the embedder registered.
+    let mut mutators = config.mutators.clone();
+    converge_schema::register_inbox(&mut mutators);
+    let exec = LogExecutor::new(log.clone()).with_mutators(mutators);
     let store = exec.store().clone();
-    let (hub_tx, ready, tasks) = hub_task::spawn(hub, exec).map_err(ServerError::Start)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (hub_tx, ready, tasks) =
+        hub_task::spawn(hub, exec, metrics.clone()).map_err(ServerError::Start)?;
     let state = AppState {
         hub: hub_tx.clone(),
         ready,
@@ -197,6 +215,7 @@ pub async fn start_with_log(
         store,
         config: Arc::new(config),
         auth,
+        metrics,
     };
     let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -231,7 +250,23 @@ fn router(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/stats", get(crate::http::stats))
+        .route(
+            "/api/docs",
+            get(crate::docs_api::list).post(crate::docs_api::create),
+        )
+        .route("/api/notify", axum::routing::post(crate::notify::notify))
+        .route("/api/publish", axum::routing::post(crate::notify::publish))
+        .route("/api/inbox", get(crate::notify::get_inbox))
+        .route(
+            "/api/inbox/read",
+            axum::routing::post(crate::notify::mark_read),
+        )
+        .route(
+            "/api/inbox/preferences",
+            axum::routing::put(crate::notify::set_preferences),
+        )
         .route("/api/docs/{id}", get(crate::http::doc_json))
         .route("/api/docs/{id}/events", get(crate::http::doc_events))
         .route(
@@ -270,6 +305,22 @@ async fn ws(
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| crate::connection::run(socket, hub, token, rate))
+}
+
+/// `GET /metrics` (admin): Prometheus text.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(r) = crate::http::admin(&state, &headers) {
+        return r;
+    }
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -135,7 +135,10 @@ impl World {
                     let msg = decode_server(&frame, MAX_FRAME_CEILING).unwrap();
                     self.inbox.entry(session).or_default().push(msg);
                 }
-                Output::Close { .. } | Output::Release { .. } | Output::MutationDone { .. } => {}
+                Output::Close { .. }
+                | Output::Release { .. }
+                | Output::MutationDone { .. }
+                | Output::RecordUser { .. } => {}
                 Output::Catchup { ticket, doc, after } => {
                     let r = self.exec.catchup(&doc, after);
                     self.hub.handle_catchup(ticket, r);

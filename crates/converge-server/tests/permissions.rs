@@ -72,18 +72,6 @@ async fn hello_as(url: &str, token: String) -> Ws {
     }
 }
 
-/// Sends a Ping and returns what came before its Pong (the replies to what was sent before).
-async fn replies(ws: &mut Ws, nonce: u64) -> Vec<ServerMsg> {
-    send(ws, &ClientMsg::Ping { nonce }).await;
-    let mut out = Vec::new();
-    loop {
-        match recv(ws).await {
-            ServerMsg::Pong { nonce: n, .. } if n == nonce => return out,
-            other => out.push(other),
-        }
-    }
-}
-
 /// Reads until `done` matches a message (allowed) or an error refuses the request; returns
 /// whether it was allowed. Refusals are immediate; what is allowed answers after the flush.
 async fn allowed_by(ws: &mut Ws, done: impl Fn(&ServerMsg) -> bool) -> bool {
@@ -239,6 +227,28 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
                 subscribed && may(Permission::Presence),
                 "{user} presence: {r:?}"
             );
+
+            // Publish to the document's room: refused with Forbidden, or taken without a reply.
+            send(
+                &mut ws,
+                &ClientMsg::Publish {
+                    room: format!("doc:{doc}"),
+                    event: "ping".into(),
+                    data: Blob(Vec::new()),
+                },
+            )
+            .await;
+            let r = replies(&mut ws, 6).await;
+            let refused = r.iter().any(|m| {
+                matches!(
+                    m,
+                    ServerMsg::Error {
+                        code: ErrorCode::Forbidden,
+                        ..
+                    }
+                )
+            });
+            assert_eq!(!refused, may(Permission::Publish), "{user} publish: {r:?}");
 
             for (p, ok) in [
                 (Permission::Write, acked),

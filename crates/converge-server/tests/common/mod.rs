@@ -126,6 +126,23 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, serde_json::Value) {
+    let (status, rest) = http_raw(server, method, path, headers, body).await;
+    // A chunked body: the JSON between the chunk-size line and the end marker.
+    let json = rest
+        .find('{')
+        .and_then(|a| rest.rfind('}').map(|b| &rest[a..=b]))
+        .unwrap_or("null");
+    (status, serde_json::from_str(json).unwrap())
+}
+
+/// One HTTP/1.1 request: the status and the raw body (chunk markers included, if any).
+pub async fn http_raw(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(server.handle.local_addr())
         .await
@@ -147,11 +164,68 @@ pub async fn http(
         .unwrap();
     let text = String::from_utf8(raw).unwrap();
     let status = text[9..12].parse().unwrap();
-    let rest = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    // A chunked body: the JSON between the chunk-size line and the end marker.
-    let json = rest
-        .find('{')
-        .and_then(|a| rest.rfind('}').map(|b| &rest[a..=b]))
-        .unwrap_or("null");
-    (status, serde_json::from_str(json).unwrap())
+    let rest = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, rest.to_string())
+}
+
+/// A server with JWT auth (HS256 with `secret`), adjusted by `tune`.
+pub async fn jwt_server(
+    secret: &[u8],
+    tune: impl FnOnce(&mut converge_server::ServerConfig),
+) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = converge_server::ServerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        auth: converge_server::auth::AuthConfig::Jwt(converge_server::auth::JwtConfig::hs256(
+            secret.to_vec(),
+        )),
+        ..Default::default()
+    };
+    tune(&mut config);
+    let handle = converge_server::start(config).await.unwrap();
+    TestServer { handle, dir }
+}
+
+/// A token for `user` with `roles`, valid for ten minutes, signed with `secret`.
+pub fn jwt_token(secret: &[u8], user: &str, roles: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    converge_server::auth::mint_hs256(
+        secret,
+        &converge_server::auth::claims(user, roles, now, 600),
+    )
+    .unwrap()
+}
+
+/// Connects and completes the handshake with `token`.
+pub async fn hello_with(url: &str, token: String) -> Ws {
+    let mut ws = connect(url).await;
+    send(
+        &mut ws,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some(token),
+        },
+    )
+    .await;
+    match recv(&mut ws).await {
+        ServerMsg::Welcome { .. } => ws,
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+/// Sends a Ping and returns what came before its Pong (the replies to what was sent before).
+pub async fn replies(ws: &mut Ws, nonce: u64) -> Vec<ServerMsg> {
+    send(ws, &ClientMsg::Ping { nonce }).await;
+    let mut out = Vec::new();
+    loop {
+        match recv(ws).await {
+            ServerMsg::Pong { nonce: n, .. } if n == nonce => return out,
+            other => out.push(other),
+        }
+    }
 }
