@@ -5,7 +5,7 @@
 //! so `alg: none` and algorithm confusion (an HS256 token "signed" with the RS256 public key)
 //! never pass. `exp` is required; `nbf`, `aud` and `iss` are checked when configured or
 //! present. Time comes from the caller (the hub's clock), so expiry is decided where sessions
-//! are. Every refusal has its own code (docs/protocol.md section 12).
+//! are. Every refusal has its own code (docs/protocol.md section 14).
 
 use std::collections::BTreeMap;
 use std::fmt;
