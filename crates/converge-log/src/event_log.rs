@@ -165,8 +165,9 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Records that `user` was seen with these roles (the directory that resolves a
     /// notification to a role into its users, also those offline). Configuration, not
-    /// history, like the ACL.
-    fn set_user(&self, user: &UserId, roles: &[String]) -> Result<Durable, LogError>;
+    /// history, like the ACL. It asks for no flush of its own (a Hello must not cost an
+    /// fsync): it becomes durable with the next append's flush, or at close.
+    fn set_user(&self, user: &UserId, roles: &[String]) -> Result<(), LogError>;
 
     /// Every user of the directory with their roles.
     fn users(&self) -> Result<Vec<(UserId, Vec<String>)>, LogError>;

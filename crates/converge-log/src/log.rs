@@ -1147,7 +1147,7 @@ impl EventLog for Log {
             .collect()
     }
 
-    fn set_user(&self, user: &UserId, roles: &[String]) -> Result<Durable, LogError> {
+    fn set_user(&self, user: &UserId, roles: &[String]) -> Result<(), LogError> {
         let limit = converge_proto::limits::MAX_NAME_BYTES;
         if roles.len() > 64 || roles.iter().any(|r| r.len() > limit) {
             return Err(LogError::TooLarge {
@@ -1159,8 +1159,7 @@ impl EventLog for Log {
         let value = codec::encode(&roles).map_err(LogError::Storage)?;
         let mut batch = WriteBatch::default();
         batch.put(keys::user(user.as_str()), value);
-        self.kv.apply(batch)?;
-        Ok(self.committer.ticket())
+        self.kv.apply(batch)
     }
 
     fn users(&self) -> Result<Vec<(UserId, Vec<String>)>, LogError> {

@@ -683,3 +683,29 @@ proptest! {
         prop_assert_eq!(inbox(&doc), after);
     }
 }
+
+/// A full inbox of unread critical notifications still takes a new low one: delivery makes
+/// room among the others, because the new one was promised to the user (and pushed live).
+#[test]
+fn a_delivery_into_a_full_inbox_keeps_the_new_notification() {
+    let mut doc = empty_doc();
+    let small = Retention {
+        max_age_ms: DAY,
+        max_items: 2,
+    };
+    for (i, id) in ["c1", "c2", "low"].into_iter().enumerate() {
+        let priority = if id == "low" {
+            Priority::Low
+        } else {
+            Priority::Critical
+        };
+        let at = i as u64 * MINUTE;
+        let args = DeliverNotification {
+            retention: small,
+            ..deliver(id, note(priority, "x", at as i64))
+        };
+        run::<DeliverNotification>(&mut doc, &args, &server(at)).unwrap();
+    }
+    let ids: BTreeSet<String> = inbox(&doc).notifications.keys().cloned().collect();
+    assert_eq!(ids, BTreeSet::from(["c2".to_string(), "low".to_string()]));
+}

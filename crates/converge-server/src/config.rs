@@ -32,6 +32,10 @@ pub struct ServerConfig {
     /// How long notifications stay in an inbox, and how many (read low-priority ones go
     /// first); applied at each delivery.
     pub inbox_retention: converge_schema::Retention,
+    /// Writes per second one user may make over the HTTP API (mutations, inbox, publish),
+    /// with a burst of twice that; beyond it the answer is 429 `RateLimited`. Each such
+    /// write is a log record, so it is bounded like a connection's messages.
+    pub http_writes_per_sec: u32,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             mutators: Mutators::new(),
             auth: AuthConfig::Dev,
             inbox_retention: converge_schema::Retention::default(),
+            http_writes_per_sec: 20,
         }
     }
 }

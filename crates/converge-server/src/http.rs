@@ -61,6 +61,34 @@ pub(crate) fn refusal_response(r: converge_core::Refusal) -> Response {
     error(status, r.code, r.message)
 }
 
+/// The quota of HTTP writes per user: `per_sec`, with a burst of twice that.
+pub(crate) fn write_quota(per_sec: u32) -> governor::Quota {
+    let rate = std::num::NonZeroU32::new(per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(per_sec.saturating_mul(2).max(1)).unwrap_or(rate);
+    governor::Quota::per_second(rate).allow_burst(burst)
+}
+
+/// Whether `user` may make one more write over HTTP now (429 `RateLimited` if not).
+#[allow(clippy::result_large_err)]
+pub(crate) fn may_write(state: &AppState, user: &converge_proto::UserId) -> Result<(), Response> {
+    let limiter = &state.http_writes;
+    // Forget users whose buckets are full again, so the table stays as small as the set of
+    // users writing now.
+    if limiter.len() > 10_000 {
+        limiter.retain_recent();
+    }
+    limiter.check_key(user).map_err(|_| {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} writes per second over HTTP; try again shortly",
+                state.config.http_writes_per_sec
+            ),
+        )
+    })
+}
+
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)?
@@ -79,6 +107,9 @@ pub(crate) async fn mutate(
         Ok(i) => i,
         Err(r) => return r,
     };
+    if let Err(r) = may_write(&state, &identity.user) {
+        return r;
+    }
     let doc = match doc_id(&id) {
         Ok(d) => d,
         Err(r) => return r,
@@ -125,7 +156,10 @@ pub(crate) async fn mutate(
         args: Blob(args),
         fence: body.fence.map(FencingToken),
     };
-    match hub_task::mutate_external(&state.hub, mutation).await {
+    match hub_task::mutate_external(&state.hub, mutation)
+        .await
+        .map(|d| d.outcome)
+    {
         Ok(MutationOutcome::Applied { seq }) => (
             StatusCode::OK,
             Json(serde_json::json!({"outcome": "applied", "seq": seq.get()})),

@@ -109,7 +109,7 @@ pub(crate) enum HubEvent {
     /// A mutation from the HTTP API.
     ExternalMutate {
         mutation: ExternalMutation,
-        reply: oneshot::Sender<Result<MutationOutcome, Refusal>>,
+        reply: oneshot::Sender<Result<ExternalDone, Refusal>>,
     },
     /// A background snapshot check for the document finished.
     Snapshotted {
@@ -371,7 +371,7 @@ async fn run(
     // New entries per document since its last snapshot check.
     let mut since_check: HashMap<DocId, u64> = HashMap::new();
     // HTTP mutations waiting for their outcome.
-    let mut external: HashMap<Ticket, oneshot::Sender<Result<MutationOutcome, Refusal>>> =
+    let mut external: HashMap<Ticket, oneshot::Sender<Result<ExternalDone, Refusal>>> =
         HashMap::new();
     loop {
         // Timed hub work (coalesced presence, expiries) between the per-second ticks.
@@ -418,7 +418,10 @@ async fn run(
                     }
                     HubEvent::Reconciled { ticket, result } => hub.handle_reconcile(ticket, result),
                     HubEvent::Mutated { ticket, result } => {
-                        if let Ok(m) = &result {
+                        // A replay (an id answered from its record) decided nothing new.
+                        if let Ok(m) = &result
+                            && !m.new.is_empty()
+                        {
                             metrics.mutation(&m.outcome);
                         }
                         fanout_from = Some(std::time::Instant::now());
@@ -462,11 +465,7 @@ async fn run(
                         let _ = reply.send(hub.stats());
                     }
                     HubEvent::Publish { identity, room, event, data, reply } => {
-                        let result = hub.publish_external(&identity, &room, event, data);
-                        if result.is_ok() {
-                            metrics.published();
-                        }
-                        let _ = reply.send(result);
+                        let _ = reply.send(hub.publish_external(&identity, &room, event, data));
                     }
                     HubEvent::Recipients { audience, reply } => {
                         let _ = reply.send(hub.recipients(&audience));
@@ -552,9 +551,14 @@ async fn run(
                     }
                 }
                 Output::LoadLocks { ticket, doc } => load_locks(&exec, &tx, ticket, doc),
-                Output::MutationDone { ticket, result } => {
+                Output::MutationDone {
+                    ticket,
+                    result,
+                    replayed,
+                } => {
                     if let Some(reply) = external.remove(&ticket) {
-                        let _ = reply.send(result);
+                        let _ =
+                            reply.send(result.map(|outcome| ExternalDone { outcome, replayed }));
                     }
                 }
                 Output::Catchup { ticket, doc, after } => catchup(&exec, &tx, ticket, doc, after),
@@ -617,11 +621,19 @@ fn load_locks(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, ticket: Ticket, d
     });
 }
 
+/// The outcome of a mutation from the HTTP API.
+#[derive(Debug)]
+pub(crate) struct ExternalDone {
+    pub(crate) outcome: MutationOutcome,
+    /// The id was processed before: this is its recorded outcome and nothing was written.
+    pub(crate) replayed: bool,
+}
+
 /// Runs a mutation from the HTTP API through the hub (in order with every other write).
 pub(crate) async fn mutate_external(
     tx: &mpsc::Sender<HubEvent>,
     mutation: ExternalMutation,
-) -> Result<MutationOutcome, Refusal> {
+) -> Result<ExternalDone, Refusal> {
     let (reply, rx) = oneshot::channel();
     tx.send(HubEvent::ExternalMutate { mutation, reply })
         .await

@@ -205,8 +205,9 @@ impl Metrics {
         self.notifications.increment(n);
     }
 
-    pub(crate) fn published(&self) {
-        self.events.increment(1);
+    /// Events are counted by the hub (sessions publish there too); set at each scrape.
+    pub(crate) fn set_published(&self, total: u64) {
+        self.events.absolute(total);
     }
 
     pub(crate) fn append_took(&self, d: Duration) {

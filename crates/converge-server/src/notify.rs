@@ -264,9 +264,8 @@ pub(crate) async fn notify(
         created_at: i64::try_from(created_at).unwrap_or(i64::MAX),
         read_at: None,
     };
-    // Preferences and whether the inbox already holds this notification (a repeated
-    // dedup_key), read before writing: a repeat is neither written nor pushed again.
-    let inboxes = read_inboxes(&state, &recipients, &id).await;
+    // Preferences as they are when the notification is sent.
+    let inboxes = read_preferences(&state, &recipients).await;
     let mut delivered = Vec::new();
     let mut duplicates = 0usize;
     let mut failed = Vec::new();
@@ -297,15 +296,12 @@ pub(crate) async fn notify(
             }
         });
         for (user, outcome) in wave.iter().zip(join_all(writes).await) {
-            match outcome {
-                Ok(MutationOutcome::Applied { .. }) => {
-                    if inboxes.get(user).is_some_and(|(_, held)| *held) {
-                        duplicates += 1;
-                    } else {
-                        delivered.push(user.clone());
-                    }
-                }
-                Ok(MutationOutcome::Rejected { code, message }) => {
+            match outcome.map(|d| (d.outcome, d.replayed)) {
+                // Delivered before (the same dedup_key): answered from the record, not
+                // written and not pushed again, even if retention pruned it since.
+                Ok((MutationOutcome::Applied { .. }, true)) => duplicates += 1,
+                Ok((MutationOutcome::Applied { .. }, false)) => delivered.push(user.clone()),
+                Ok((MutationOutcome::Rejected { code, message }, _)) => {
                     failed.push(serde_json::json!({
                         "user": user.as_str(), "code": code.code(), "error": code.name(), "message": message,
                     }));
@@ -329,10 +325,7 @@ pub(crate) async fn notify(
     let now = now_ms();
     let (mut pushes, mut held_back) = (Vec::new(), 0usize);
     for user in &delivered {
-        let prefs = inboxes
-            .get(user)
-            .map(|(p, _)| p.clone())
-            .unwrap_or_default();
+        let prefs = inboxes.get(user).cloned().unwrap_or_default();
         if prefs.push_live(n.priority, &n.category, now) {
             pushes.push((user.clone(), ServerMsg::Notification(live.clone())));
         } else {
@@ -363,15 +356,10 @@ pub(crate) async fn notify(
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// Each recipient's preferences, and whether their inbox already holds `id`.
-async fn read_inboxes(
-    state: &AppState,
-    users: &[UserId],
-    id: &str,
-) -> BTreeMap<UserId, (Preferences, bool)> {
+/// Each recipient's preferences (defaults for an inbox never written).
+async fn read_preferences(state: &AppState, users: &[UserId]) -> BTreeMap<UserId, Preferences> {
     let store = state.store.clone();
     let users = users.to_vec();
-    let id = id.to_string();
     tokio::task::spawn_blocking(move || {
         users
             .into_iter()
@@ -381,8 +369,7 @@ async fn read_inboxes(
                     .ok()
                     .flatten()
                     .unwrap_or_default();
-                let held = inbox.notifications.contains_key(&id);
-                (user, (inbox.preferences, held))
+                (user, inbox.preferences)
             })
             .collect()
     })
@@ -524,6 +511,9 @@ where
     M: converge_core::Mutator,
     M::Args: serde::Serialize,
 {
+    if let Err(r) = crate::http::may_write(state, &identity.user) {
+        return r;
+    }
     let args = match encode_args(args) {
         Ok(a) => a,
         Err(e) => return unprocessable(ErrorCode::BadArgs, e.to_string()),
@@ -537,7 +527,10 @@ where
         args: Blob(args),
         fence: None,
     };
-    match hub_task::mutate_external(&state.hub, mutation).await {
+    match hub_task::mutate_external(&state.hub, mutation)
+        .await
+        .map(|d| d.outcome)
+    {
         Ok(MutationOutcome::Applied { seq }) => (
             StatusCode::OK,
             Json(serde_json::json!({"outcome": "applied", "seq": seq.get()})),
@@ -569,6 +562,9 @@ pub(crate) async fn publish(
         Ok(i) => i,
         Err(r) => return r,
     };
+    if let Err(r) = crate::http::may_write(&state, &identity.user) {
+        return r;
+    }
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {

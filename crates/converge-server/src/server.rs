@@ -50,6 +50,8 @@ pub(crate) struct AppState {
     /// The documents the server holds materialized.
     pub(crate) store: Arc<converge_log::DocStore>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Per-user token buckets for writes over the HTTP API.
+    pub(crate) http_writes: Arc<governor::DefaultKeyedRateLimiter<converge_proto::UserId>>,
 }
 
 /// A running server.
@@ -201,9 +203,11 @@ pub async fn start_with_log(
     };
     hub.load_directory(users);
     // Notifications need the inbox mutators whatever else the embedder registered.
-    let mut mutators = config.mutators.clone();
-    converge_schema::register_inbox(&mut mutators);
-    let exec = LogExecutor::new(log.clone()).with_mutators(mutators);
+    // (In the config too: the HTTP API encodes arguments with the same registry.)
+    let mut config = config;
+    converge_schema::register_inbox(&mut config.mutators);
+    let config_writes = config.http_writes_per_sec;
+    let exec = LogExecutor::new(log.clone()).with_mutators(config.mutators.clone());
     let store = exec.store().clone();
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let (hub_tx, ready, tasks) =
@@ -216,6 +220,9 @@ pub async fn start_with_log(
         config: Arc::new(config),
         auth,
         metrics,
+        http_writes: Arc::new(governor::RateLimiter::keyed(crate::http::write_quota(
+            config_writes,
+        ))),
     };
     let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -311,6 +318,9 @@ async fn ws(
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if let Err(r) = crate::http::admin(&state, &headers) {
         return r;
+    }
+    if let Some(s) = hub_task::stats(&state.hub).await {
+        state.metrics.set_published(s.events_published);
     }
     (
         StatusCode::OK,

@@ -307,6 +307,22 @@ async fn metrics_parse_as_prometheus_text_and_count_traffic() {
         }
     }
 
+    // An event published over the socket is counted too.
+    send(
+        &mut a,
+        &ClientMsg::Publish {
+            room: format!("doc:{doc}"),
+            event: "cursor".into(),
+            data: Blob(Vec::new()),
+        },
+    )
+    .await;
+    loop {
+        if matches!(recv(&mut b).await, ServerMsg::Event { .. }) {
+            break;
+        }
+    }
+
     let (status, text) =
         http_raw(&server, "GET", "/metrics", &[("Authorization", &admin)], "").await;
     assert_eq!(status, 200);
@@ -360,6 +376,10 @@ async fn metrics_parse_as_prometheus_text_and_count_traffic() {
             .any(|s| s.name == "converge_append_seconds_bucket" && s.labels.contains_key("le"))
     );
     assert!(text.contains("# TYPE converge_errors_total counter"));
+    assert_eq!(
+        value(&samples, "converge_events_published_total", None),
+        1.0
+    );
 
     // /api/stats reports the rooms and the flush latency.
     let (status, json) = http(
@@ -377,4 +397,65 @@ async fn metrics_parse_as_prometheus_text_and_count_traffic() {
     assert!(json["flush"]["count"].as_u64().unwrap() >= 1);
     assert!(json["flush"]["mean_us"].as_u64().is_some());
     assert_eq!(json["known_users"], 2);
+}
+
+#[tokio::test]
+async fn http_writes_are_rate_limited_per_user_and_inbox_mutators_run_over_http() {
+    let server = jwt_server(SECRET, |c| c.http_writes_per_sec = 1).await;
+    let ana = bearer("ana", &["editor"]);
+    let inbox = DocId::inbox_of(&UserId::new("ana").unwrap());
+    // The inbox mutators are registered for the HTTP API too; only the owner may run them.
+    let path = format!("/api/docs/{inbox}/mutations");
+    let body = r#"{"name": "inbox.mark_read", "args": {"ids": [], "all": true}}"#;
+    let (status, json) = http(
+        &server,
+        "POST",
+        &path,
+        &[("Authorization", &ana), ("Idempotency-Key", "k1")],
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, json["outcome"].as_str()),
+        (200, Some("applied")),
+        "{json}"
+    );
+    let bob = bearer("bob", &["editor"]);
+    let (status, json) = http(
+        &server,
+        "POST",
+        &path,
+        &[("Authorization", &bob), ("Idempotency-Key", "k1")],
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (403, Some("Forbidden")),
+        "{json}"
+    );
+    // One write per second with a burst of two: ana has used one; one more passes, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let (status, _) = http(
+            &server,
+            "POST",
+            "/api/inbox/read",
+            &[("Authorization", &ana)],
+            r#"{"all": true}"#,
+        )
+        .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, vec![200, 429]);
+    // Another user has their own budget.
+    let (status, _) = http(
+        &server,
+        "POST",
+        "/api/inbox/read",
+        &[("Authorization", &bob)],
+        r#"{"all": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
 }

@@ -140,6 +140,34 @@ async fn notifying_a_role_reaches_members_online_now_and_offline_later() {
             ..
         }
     )));
+    // Olga may run the inbox's mutators on it, and no others (they would write another kind
+    // of data into it): recorded as a Forbidden rejection.
+    send(
+        &mut olga,
+        &ClientMsg::Mutate {
+            doc: inbox_id,
+            mutation_id: MutationId(1),
+            name: "schedule.book".into(),
+            args: Blob(Vec::new()),
+            fence: None,
+        },
+    )
+    .await;
+    loop {
+        if let ServerMsg::MutationResult { outcome, .. } = recv(&mut olga).await {
+            assert!(
+                matches!(
+                    outcome,
+                    MutationOutcome::Rejected {
+                        code: ErrorCode::Forbidden,
+                        ..
+                    }
+                ),
+                "{outcome:?}"
+            );
+            break;
+        }
+    }
     // And Olga herself may not push into it: it is the server's to write.
     let mut am = automerge::AutoCommit::new();
     automerge::transaction::Transactable::put(&mut am, automerge::ROOT, "x", 1).unwrap();
@@ -187,6 +215,22 @@ async fn dedup_quiet_hours_mark_read_and_retention() {
         assert_eq!(json["duplicates"], round, "{json}");
     }
     assert_eq!(next_notification(&mut pia).await.title, "Daily digest");
+    // Two identical requests at once: one delivers, the other is the duplicate.
+    let same = serde_json::json!({
+        "to": to, "priority": "low", "category": "digest",
+        "title": "Weekly digest", "dedup_key": "digest-week-47",
+    });
+    let (a, b) = tokio::join!(notify(&server, same.clone()), notify(&server, same));
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_eq!(
+        a.1["delivered"].as_u64().unwrap() + b.1["delivered"].as_u64().unwrap(),
+        1
+    );
+    assert_eq!(
+        a.1["duplicates"].as_u64().unwrap() + b.1["duplicates"].as_u64().unwrap(),
+        1
+    );
+    assert_eq!(next_notification(&mut pia).await.title, "Weekly digest");
 
     // Quiet hours around now: a medium one is held back (inbox only), a critical one is
     // pushed. A muted category is held back too.

@@ -255,6 +255,8 @@ async fn fanout(readers: usize, rate: u64, changes: usize) -> anyhow::Result<()>
         cpu * 1e6 / delivered as f64,
         peak as f64 / 1024.0
     );
+    // Delivery waits for durability: how much of the tail is the disk's.
+    println!("  {}", server.log_report().await?);
     Ok(())
 }
 

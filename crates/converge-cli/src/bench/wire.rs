@@ -57,10 +57,14 @@ const BENCH_SECRET: &str = "converge-bench-secret-not-for-production";
 
 /// A token for `user` (role editor, valid for a day).
 fn token(user: &str) -> anyhow::Result<String> {
+    token_with(user, "editor")
+}
+
+fn token_with(user: &str, role: &str) -> anyhow::Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let claims = converge_server::auth::claims(user, &["editor"], now, 86_400);
+    let claims = converge_server::auth::claims(user, &[role], now, 86_400);
     Ok(converge_server::auth::mint_hs256(
         BENCH_SECRET.as_bytes(),
         &claims,
@@ -211,6 +215,74 @@ impl ServerProc {
         let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
             + fields.get(12).context("stime")?.parse::<f64>()?;
         Ok(ticks / clock_ticks())
+    }
+
+    /// One admin GET on the server's HTTP API: the body.
+    async fn get(&self, path: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .url
+            .strip_prefix("ws://")
+            .and_then(|r| r.split('/').next())
+            .context("bad url")?;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+            token_with("bench-admin", "admin")?
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut raw)).await??;
+        Ok(raw
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string())
+    }
+
+    /// How the server's log writes went, from its /metrics histogram and /api/stats: the
+    /// time from handing a write to the log to its durability (p50 and p99, as the upper
+    /// bounds of their histogram buckets) and the group commit's flushes.
+    pub(crate) async fn log_report(&self) -> anyhow::Result<String> {
+        let metrics = self.get("/metrics").await?;
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in metrics.lines() {
+            let Some(rest) = line.strip_prefix("converge_append_seconds_bucket{le=\"") else {
+                continue;
+            };
+            let Some((le, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse()?
+            };
+            buckets.push((le, count.trim().parse()?));
+        }
+        let total = buckets.last().map_or(0.0, |b| b.1);
+        let quantile = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, c)| *c >= q * total)
+                .map_or(f64::NAN, |(le, _)| le * 1000.0)
+        };
+        let stats: serde_json::Value = {
+            let body = self.get("/api/stats").await?;
+            let json = body
+                .find('{')
+                .zip(body.rfind('}'))
+                .map_or("null", |(a, b)| &body[a..=b]);
+            serde_json::from_str(json)?
+        };
+        let flush = &stats["flush"];
+        Ok(format!(
+            "log: {total} writes, durable within p50 <= {:.2} ms, p99 <= {:.2} ms; {} flushes, mean {:.2} ms, max {:.2} ms",
+            quantile(0.5),
+            quantile(0.99),
+            flush["count"],
+            flush["mean_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            flush["max_us"].as_f64().unwrap_or(0.0) / 1000.0,
+        ))
     }
 
     /// (current RSS, peak RSS) in KiB.

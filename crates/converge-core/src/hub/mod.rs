@@ -98,6 +98,8 @@ pub enum Output {
     MutationDone {
         ticket: Ticket,
         result: Result<MutationOutcome, Refusal>,
+        /// The id was processed before: `result` is its recorded outcome, nothing was written.
+        replayed: bool,
     },
     /// A user said Hello with roles the directory did not hold: record them (the directory
     /// resolves notifications to roles, also for users offline). No answer is expected.
@@ -261,6 +263,8 @@ pub struct HubStats {
     pub rooms: std::collections::BTreeMap<String, usize>,
     /// Users in the directory (seen at some time).
     pub known_users: usize,
+    /// Events delivered to rooms since start (from sessions and backends).
+    pub events_published: u64,
 }
 
 #[derive(Debug)]
@@ -405,8 +409,11 @@ pub struct Hub {
     acl: crate::permissions::Acl,
     /// Users with a session now: their sessions and per-user rate limits.
     users: HashMap<UserId, rooms::UserState>,
-    /// Users seen at some time, with the roles of their last token.
-    directory: HashMap<UserId, Vec<String>>,
+    /// Users seen at some time, with the roles of their last token (interned in `role_sets`).
+    directory: HashMap<UserId, std::sync::Arc<[String]>>,
+    role_sets: std::collections::HashSet<std::sync::Arc<[String]>>,
+    /// Events delivered since start (for metrics).
+    events_published: u64,
     pending: HashMap<Ticket, Pending>,
     out: VecDeque<Output>,
     next_session: u64,
@@ -425,6 +432,8 @@ impl Hub {
             acl: crate::permissions::Acl::default(),
             users: HashMap::new(),
             directory: HashMap::new(),
+            role_sets: std::collections::HashSet::new(),
+            events_published: 0,
             pending: HashMap::new(),
             out: VecDeque::new(),
             next_session: 1,
@@ -680,7 +689,7 @@ impl Hub {
 
     pub fn stats(&self) -> HubStats {
         let mut sessions_by_user = std::collections::BTreeMap::new();
-        for s in self.sessions.values() {
+        for s in self.sessions.values().filter(|s| !s.closed) {
             if let Handshake::Ready { identity } = &s.handshake {
                 *sessions_by_user
                     .entry(identity.user.as_str().to_string())
@@ -688,7 +697,8 @@ impl Hub {
             }
         }
         HubStats {
-            sessions: self.sessions.len(),
+            // Closed sessions wait for their connection to go; they no longer count.
+            sessions: self.sessions.values().filter(|s| !s.closed).count(),
             subscriptions: self.docs.values().map(|d| d.subs.len()).sum(),
             docs: self.docs.len(),
             sessions_by_user,
@@ -700,6 +710,7 @@ impl Hub {
                 .sum(),
             rooms: self.room_sizes(),
             known_users: self.directory.len(),
+            events_published: self.events_published,
         }
     }
 

@@ -207,8 +207,11 @@ impl Hub {
         // A forbidden mutation is still an outcome: recorded as Rejected{Forbidden} (never the
         // mutator, never a change), so its id counts and is never given out twice, and a
         // duplicate of an id already processed still gets its recorded answer.
-        let denied = (!self.may(session, &doc, Permission::Mutate))
-            .then(|| "your roles do not allow mutations in this document".to_string());
+        let denied = if !self.may(session, &doc, Permission::Mutate) {
+            Some("your roles do not allow mutations in this document".to_string())
+        } else {
+            inbox_denial(&doc, &name)
+        };
         let in_flight = self
             .sessions
             .get(&session)
@@ -295,6 +298,8 @@ impl Hub {
                 ErrorCode::Forbidden,
                 "your roles do not allow mutations in this document",
             ))
+        } else if let Some(message) = inbox_denial(&m.doc, &m.name) {
+            Some(Refusal::new(ErrorCode::Forbidden, message))
         } else if self.shutting_down {
             Some(Refusal::new(
                 ErrorCode::ShuttingDown,
@@ -308,6 +313,7 @@ impl Hub {
             self.out.push_back(Output::MutationDone {
                 ticket,
                 result: Err(r),
+                replayed: false,
             });
             return ticket;
         }
@@ -398,6 +404,8 @@ impl Hub {
                     Origin::External => self.out.push_back(Output::MutationDone {
                         ticket,
                         result: Ok(m.outcome),
+                        // Nothing written: the id was processed before, this is its record.
+                        replayed: m.new.is_empty(),
                     }),
                 }
                 let new: Vec<(Seq, &Blob)> = m.new.iter().map(|(s, b)| (*s, b)).collect();
@@ -410,6 +418,7 @@ impl Hub {
             (Origin::External, Err(r)) => self.out.push_back(Output::MutationDone {
                 ticket,
                 result: Err(r),
+                replayed: false,
             }),
         }
         if self.shutting_down {
@@ -457,6 +466,7 @@ impl Hub {
                         Held::External(ticket, _) => self.out.push_back(Output::MutationDone {
                             ticket,
                             result: Err(r.clone()),
+                            replayed: false,
                         }),
                     }
                 }
@@ -917,4 +927,11 @@ impl Hub {
             );
         }
     }
+}
+
+/// An inbox takes only the inbox's own mutators: its owner may mutate it (mark read, set
+/// preferences), which must not let them write any other kind of data into it.
+fn inbox_denial(doc: &DocId, name: &str) -> Option<String> {
+    (doc.is_inbox() && !name.starts_with("inbox."))
+        .then(|| format!("an inbox takes only the inbox.* mutators, not {name:?}"))
 }

@@ -78,7 +78,8 @@ pub struct Audience {
 /// A user's sessions and rate limits, kept while the user has a session.
 #[derive(Debug)]
 pub(super) struct UserState {
-    pub(super) sessions: BTreeSet<SessionId>,
+    /// Few per user: a Vec costs a tenth of a BTreeSet's node.
+    pub(super) sessions: Vec<SessionId>,
     pub(super) messages: Bucket,
     pub(super) publishes: Bucket,
 }
@@ -87,7 +88,20 @@ impl Hub {
     /// Fills the directory of users seen (at start, from the log). Users saying Hello later
     /// are added as they come, each one reported once as [`Output::RecordUser`].
     pub fn load_directory(&mut self, users: impl IntoIterator<Item = (UserId, Vec<String>)>) {
-        self.directory.extend(users);
+        for (user, roles) in users {
+            let roles = self.intern_roles(&roles);
+            self.directory.insert(user, roles);
+        }
+    }
+
+    /// One shared copy of each distinct set of roles: many users, few sets.
+    fn intern_roles(&mut self, roles: &[String]) -> std::sync::Arc<[String]> {
+        if let Some(set) = self.role_sets.get(roles) {
+            return set.clone();
+        }
+        let set: std::sync::Arc<[String]> = roles.into();
+        self.role_sets.insert(set.clone());
+        set
     }
 
     /// A session finished its handshake: counted against its user's connection limit, and
@@ -100,16 +114,11 @@ impl Hub {
         now_ms: u64,
     ) -> bool {
         let max = self.config.max_connections_per_user;
-        let (messages, publishes) = (self.config.user_message_rate, self.config.user_publish_rate);
-        let state = self
+        let open = self
             .users
-            .entry(identity.user.clone())
-            .or_insert_with(|| UserState {
-                sessions: BTreeSet::new(),
-                messages: Bucket::full(messages, now_ms),
-                publishes: Bucket::full(publishes, now_ms),
-            });
-        if state.sessions.len() >= max as usize {
+            .get(&identity.user)
+            .map_or(0, |u| u.sessions.len());
+        if open >= max as usize {
             let message = format!("at most {max} connections per user; close another one first");
             self.error(session, ErrorCode::TooManyConnections, &message, None);
             self.close(
@@ -119,16 +128,31 @@ impl Hub {
             );
             return false;
         }
-        state.sessions.insert(session);
+        let (messages, publishes) = (self.config.user_message_rate, self.config.user_publish_rate);
+        self.users
+            .entry(identity.user.clone())
+            .or_insert_with(|| UserState {
+                sessions: Vec::new(),
+                messages: Bucket::full(messages, now_ms),
+                publishes: Bucket::full(publishes, now_ms),
+            })
+            .sessions
+            .push(session);
         self.note_roles(identity);
         true
     }
 
     /// Records the identity's roles in the directory if they are new.
     pub(super) fn note_roles(&mut self, identity: &Identity) {
-        if self.directory.get(&identity.user) != Some(&identity.roles) {
-            self.directory
-                .insert(identity.user.clone(), identity.roles.clone());
+        // The log keeps at most 64 roles of at most 256 bytes per user: a token beyond that
+        // is not recorded (in memory either, so both agree across restarts).
+        let storable =
+            identity.roles.len() <= 64 && identity.roles.iter().all(|r| r.len() <= MAX_NAME_BYTES);
+        if storable
+            && self.directory.get(&identity.user).map(|r| &r[..]) != Some(&identity.roles[..])
+        {
+            let roles = self.intern_roles(&identity.roles);
+            self.directory.insert(identity.user.clone(), roles);
             self.out.push_back(Output::RecordUser {
                 user: identity.user.clone(),
                 roles: identity.roles.clone(),
@@ -162,7 +186,7 @@ impl Hub {
     /// The session is closed or gone: it no longer counts for its user.
     pub(super) fn user_left(&mut self, session: SessionId, user: &UserId) {
         if let Some(state) = self.users.get_mut(user) {
-            state.sessions.remove(&session);
+            state.sessions.retain(|s| *s != session);
             if state.sessions.is_empty() {
                 self.users.remove(user);
             }
@@ -292,6 +316,7 @@ impl Hub {
             .into_iter()
             .filter(|s| Some(*s) != sender)
             .collect();
+        self.events_published += 1;
         self.send_to(&targets, &msg)
     }
 
@@ -324,7 +349,7 @@ impl Hub {
             Room::User(user) => self
                 .users
                 .get(user)
-                .map(|u| u.sessions.iter().copied().collect())
+                .map(|u| u.sessions.to_vec())
                 .unwrap_or_default(),
             Room::Role(role) => self
                 .sessions

@@ -70,10 +70,15 @@ impl Mutator for DeliverNotification {
             inbox.owner = args.owner;
             let mut notification = args.notification;
             notification.read_at = None;
-            inbox.notifications.insert(args.id, notification);
             // Pruning here keeps every inbox bounded without a separate sweeper, and counts
-            // exactly what the log holds.
-            inbox.prune(ctx.now_ms, &args.retention);
+            // exactly what the log holds. It makes room among the others: the new one is
+            // never pruned for count, since it was just delivered (and may be pushed live).
+            let room = Retention {
+                max_items: args.retention.max_items.saturating_sub(1),
+                ..args.retention
+            };
+            inbox.prune(ctx.now_ms, &room);
+            inbox.notifications.insert(args.id, notification);
             Ok(())
         })
     }
