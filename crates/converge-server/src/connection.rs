@@ -4,7 +4,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub_task::{ConnOut, HubEvent, OUTBOX};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::hub_task::{ConnOut, HubEvent};
+use crate::outbox::Outbox;
 
 /// Runs a connection until either side closes it.
 /// Messages per second and burst allowed on one connection, checked before the hub: a
@@ -27,12 +31,13 @@ pub(crate) async fn run(
         .map(|(q, b)| q.allow_burst(b));
     let limiter = quota.map(governor::RateLimiter::direct);
     let mut told: Option<tokio::time::Instant> = None;
-    let (out_tx, mut out_rx) = mpsc::channel(OUTBOX);
+    let outbox = Arc::new(Outbox::default());
+    let mut batch: VecDeque<ConnOut> = VecDeque::new();
     let (kill_tx, mut kill_rx) = oneshot::channel();
     let (reply, session) = oneshot::channel();
     if hub
         .send(HubEvent::Connect {
-            out: out_tx,
+            out: outbox.clone(),
             kill: kill_tx,
             reply,
             token,
@@ -82,18 +87,31 @@ pub(crate) async fn run(
                     }
                 }
             },
-            out = out_rx.recv() => match out {
-                Some(ConnOut::Frame(frame)) => {
-                    if sink.send(Message::Binary(frame)).await.is_err() {
-                        break;
-                    }
-                }
-                Some(ConnOut::Close(code, reason)) => {
-                    close(&mut sink, code, reason).await;
+            more = outbox.take(&mut batch) => {
+                if !more {
                     break;
                 }
-                None => break,
-            },
+                // Everything waiting goes out in one write where the socket takes it.
+                let mut ended = false;
+                for out in batch.drain(..) {
+                    match out {
+                        ConnOut::Frame(frame) => {
+                            if sink.feed(Message::Binary(frame)).await.is_err() {
+                                ended = true;
+                                break;
+                            }
+                        }
+                        ConnOut::Close(code, reason) => {
+                            close(&mut sink, code, reason).await;
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                if ended || sink.flush().await.is_err() {
+                    break;
+                }
+            }
             killed = &mut kill_rx => {
                 if let Ok((code, reason)) = killed {
                     close(&mut sink, code, reason).await;

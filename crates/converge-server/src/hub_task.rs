@@ -19,14 +19,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::LogExecutor;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use std::sync::Arc;
 
 /// New entries of a document between two checks whether a snapshot is due (the log's rule
 /// is counted in thousands of entries; checking every append would cost a task each).
 const SNAPSHOT_CHECK_EVERY: u64 = 500;
-
-/// Frames queued per connection before it counts as a slow consumer.
-pub(crate) const OUTBOX: usize = 1024;
 
 /// What a connection task receives.
 #[derive(Debug)]
@@ -39,7 +37,7 @@ pub(crate) enum ConnOut {
 #[derive(Debug)]
 pub(crate) enum HubEvent {
     Connect {
-        out: mpsc::Sender<ConnOut>,
+        out: Arc<Outbox>,
         kill: oneshot::Sender<(CloseCode, String)>,
         reply: oneshot::Sender<SessionId>,
         /// The upgrade request's bearer token, if any.
@@ -147,8 +145,15 @@ pub(crate) enum HubEvent {
 }
 
 struct Conn {
-    out: mpsc::Sender<ConnOut>,
+    out: Arc<Outbox>,
     kill: Option<oneshot::Sender<(CloseCode, String)>>,
+}
+
+impl Drop for Conn {
+    /// The hub forgot the connection: its task gets what is queued, then the end.
+    fn drop(&mut self) {
+        self.out.close();
+    }
 }
 
 /// A log write, executed by the writer thread in hub order.
@@ -494,7 +499,7 @@ async fn run(
                         continue;
                     };
                     metrics.frame_out(&frame);
-                    if c.out.try_send(ConnOut::Frame(frame)).is_err() {
+                    if c.out.push(ConnOut::Frame(frame)).is_err() {
                         hub.handle_slow_consumer(session);
                     }
                 }
@@ -504,8 +509,8 @@ async fn run(
                     reason,
                 } => {
                     if let Some(c) = conns.get_mut(&session)
-                        && let Err(mpsc::error::TrySendError::Full(ConnOut::Close(code, reason))) =
-                            c.out.try_send(ConnOut::Close(code, reason))
+                        && let Err(ConnOut::Close(code, reason)) =
+                            c.out.push(ConnOut::Close(code, reason))
                         && let Some(kill) = c.kill.take()
                     {
                         let _ = kill.send((code, reason));

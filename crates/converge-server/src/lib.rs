@@ -24,6 +24,7 @@ mod http;
 mod hub_task;
 mod metrics;
 mod notify;
+mod outbox;
 mod server;
 
 pub use config::ServerConfig;

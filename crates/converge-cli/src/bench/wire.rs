@@ -166,9 +166,18 @@ impl ServerProc {
             data.display().to_string(),
         ];
         let pinned = Command::new("taskset").arg("-V").output().is_ok();
+        // A profiler to run the server under, e.g. CONVERGE_BENCH_SERVER_WRAPPER=heaptrack
+        // (its words come before the server's command line).
+        let wrapper: Vec<String> = std::env::var("CONVERGE_BENCH_SERVER_WRAPPER")
+            .map(|w| w.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
         let mut cmd = if pinned {
             let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").arg(&exe);
+            c.arg("-c").arg("0").args(&wrapper).arg(&exe);
+            c
+        } else if let Some((first, rest)) = wrapper.split_first() {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&exe);
             c
         } else {
             Command::new(&exe)
