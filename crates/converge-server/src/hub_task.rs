@@ -456,9 +456,12 @@ async fn run(
                     HubEvent::Snapshotted { doc } => {
                         snapshotting.remove(&doc);
                         // Entries appended while it ran may already make the next one due
-                        // (a burst of pushes ends with no append left to trigger a check).
+                        // (a burst of pushes ends with no append left to trigger a check):
+                        // check again at once if any came. The log's rule (new bytes beyond
+                        // the snapshot's own size) keeps this from snapshotting too often; a
+                        // check that finds nothing due ends the chain.
                         if let Some(n) = since_check.get_mut(&doc)
-                            && *n >= SNAPSHOT_CHECK_EVERY
+                            && *n > 0
                         {
                             *n = 0;
                             snapshotting.insert(doc);
