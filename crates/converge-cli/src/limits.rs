@@ -36,6 +36,10 @@ pub(crate) struct LimitArgs {
     /// Days a notification stays in an inbox (default 30).
     #[arg(long, env = "CONVERGE_INBOX_MAX_AGE_DAYS")]
     inbox_max_age_days: Option<u64>,
+    /// Writes per second one user may make over the HTTP API: mutations, inbox, publish
+    /// (default 20, burst twice that).
+    #[arg(long, env = "CONVERGE_HTTP_WRITES_PER_SEC")]
+    http_writes_per_sec: Option<u32>,
 }
 
 /// A rate with a burst of twice the rate (at least 1).
@@ -79,6 +83,9 @@ impl LimitArgs {
         }
         if let Some(days) = self.inbox_max_age_days {
             c.inbox_retention.max_age_ms = days.saturating_mul(24 * 3600 * 1000);
+        }
+        if let Some(n) = self.http_writes_per_sec {
+            c.http_writes_per_sec = n.max(1);
         }
     }
 }

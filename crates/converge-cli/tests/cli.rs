@@ -197,7 +197,8 @@ fn restore_copies_a_backup_and_moves_every_document_to_a_new_epoch() {
 
 /// `converge serve` with no secret configured creates one (mode 0600) and says how to mint
 /// tokens; `converge token` with the same data directory mints one the server takes, and the
-/// server refuses a connection without one.
+/// server refuses a connection without one. Limit flags reach the server: with
+/// `--max-connections-per-user 1`, a second connection of the same user is refused.
 #[test]
 fn serve_is_never_open_by_accident_and_token_mints_what_it_accepts() {
     use std::io::{BufRead, BufReader};
@@ -206,6 +207,7 @@ fn serve_is_never_open_by_accident_and_token_mints_what_it_accepts() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_converge"))
         .args(["serve", "--addr", "127.0.0.1:0", "--data"])
         .arg(&data)
+        .args(["--max-connections-per-user", "1"])
         .env_remove("CONVERGE_JWT_SECRET")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -261,7 +263,7 @@ fn serve_is_never_open_by_accident_and_token_mints_what_it_accepts() {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Binary(b))) => {
-                        return converge_proto::decode_server(&b, 1 << 20).unwrap();
+                        return (ws, converge_proto::decode_server(&b, 1 << 20).unwrap());
                     }
                     Some(Ok(_)) => {}
                     other => panic!("{other:?}"),
@@ -269,11 +271,18 @@ fn serve_is_never_open_by_accident_and_token_mints_what_it_accepts() {
             }
         })
     };
-    match hello(Some(token)) {
+    let (_first, welcome) = hello(Some(token.clone()));
+    match welcome {
         converge_proto::ServerMsg::Welcome { user, .. } => assert_eq!(user.as_str(), "alice"),
         other => panic!("{other:?}"),
     }
-    match hello(None) {
+    match hello(Some(token)).1 {
+        converge_proto::ServerMsg::Error { code, .. } => {
+            assert_eq!(code, converge_proto::ErrorCode::TooManyConnections)
+        }
+        other => panic!("{other:?}"),
+    }
+    match hello(None).1 {
         converge_proto::ServerMsg::Error { code, .. } => {
             assert_eq!(code, converge_proto::ErrorCode::Unauthorized)
         }
