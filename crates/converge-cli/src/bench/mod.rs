@@ -24,7 +24,7 @@ use wire::{ServerProc, connect, drain, keepalive, settle, subscribe};
 /// What `converge bench` runs.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// fanout, trace, join, catchup, idle, mutate, lock, presence, or all.
+    /// fanout, trace, join, catchup, idle, mutate, lock, presence, notify, or all.
     #[arg(default_value = "all")]
     scenario: String,
     /// Reader counts for the fan-out scenario.
@@ -61,6 +61,9 @@ pub(crate) struct BenchArgs {
     /// Presence watchers.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// Users online that one notification reaches.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    notified: Vec<usize>,
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -107,9 +110,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             ops::presence(args.watchers, 20, 5).await?;
             ran = true;
         }
+        if all || args.scenario == "notify" {
+            for &n in &args.notified {
+                ops::notify(n).await?;
+            }
+            ran = true;
+        }
         if !ran {
             bail!(
-                "unknown scenario {:?}: fanout, trace, join, catchup, idle, mutate, lock, presence or all",
+                "unknown scenario {:?}: fanout, trace, join, catchup, idle, mutate, lock, presence, notify or all",
                 args.scenario
             );
         }

@@ -1,4 +1,5 @@
-//! Mutations, locks and presence under load (`converge bench mutate|lock|presence`).
+//! Mutations, locks, presence and notifications under load (`converge bench
+//! mutate|lock|presence|notify`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,6 +203,58 @@ pub(super) async fn presence(watchers: usize, hz: u64, secs: u64) -> anyhow::Res
     println!(
         "presence watchers={watchers} {hz} Hz for {secs} s: {delivered} deliveries, latency p50 {p50:.2} ms p99 {p99:.2} ms max {max:.2} ms; server CPU {:.2} us per delivery",
         cpu * 1e6 / delivered as f64
+    );
+    Ok(())
+}
+
+/// `users` users online; one `POST /api/notify` to their role: how long until every inbox is
+/// written durably (the response), how long until each user has it live, and the server CPU
+/// per recipient.
+pub(super) async fn notify(users: usize) -> anyhow::Result<()> {
+    let server = ServerProc::start()?;
+    let base = Instant::now();
+    let mut tasks = Vec::with_capacity(users);
+    for u in 0..users {
+        // Every bench user is an editor: the notification goes to the role.
+        let (tx, mut rx) = connect(&server.url, &format!("notified{u}")).await?;
+        let alive = keepalive(tx);
+        tasks.push(tokio::spawn(async move {
+            let _alive = AbortOnDrop(alive);
+            loop {
+                if let ServerMsg::Notification(_) = rx.recv().await? {
+                    return anyhow::Ok(base.elapsed());
+                }
+            }
+        }));
+    }
+    settle().await;
+    let cpu0 = server.cpu_seconds()?;
+    let sent = base.elapsed();
+    let body = r#"{"to": {"roles": ["editor"]}, "priority": "high", "category": "shift", "title": "Bed 4 is free", "body": "Ward 3"}"#;
+    let answer = server.post("/api/notify", body).await?;
+    let answered = base.elapsed() - sent;
+    let json: serde_json::Value = answer
+        .find('{')
+        .zip(answer.rfind('}'))
+        .map_or(Ok(serde_json::Value::Null), |(a, b)| {
+            serde_json::from_str(&answer[a..=b])
+        })?;
+    let delivered = json["delivered"].as_u64().unwrap_or(0);
+    if delivered != users as u64 {
+        bail!("notify delivered {delivered} of {users}: {answer}");
+    }
+    let mut lat = Vec::with_capacity(users);
+    for t in tasks {
+        let at = tokio::time::timeout(Duration::from_secs(120), t).await???;
+        lat.push(at.saturating_sub(sent));
+    }
+    let cpu = server.cpu_seconds()? - cpu0;
+    let (p50, p99, max) = percentiles(lat);
+    println!(
+        "notify users={users}: one POST /api/notify to their role: every inbox written durably in {:.1} ms ({:.0} inboxes/s); live p50 {p50:.1} ms p99 {p99:.1} ms max {max:.1} ms; server CPU {:.0} us per recipient",
+        answered.as_secs_f64() * 1000.0,
+        users as f64 / answered.as_secs_f64().max(1e-9),
+        cpu * 1e6 / users.max(1) as f64
     );
     Ok(())
 }

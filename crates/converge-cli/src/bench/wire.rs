@@ -228,6 +228,15 @@ impl ServerProc {
 
     /// One admin GET on the server's HTTP API: the body.
     async fn get(&self, path: &str) -> anyhow::Result<String> {
+        self.request("GET", path, "").await
+    }
+
+    /// One admin POST of a JSON body: the response body.
+    pub(crate) async fn post(&self, path: &str, body: &str) -> anyhow::Result<String> {
+        self.request("POST", path, body).await
+    }
+
+    async fn request(&self, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self
             .url
@@ -236,8 +245,9 @@ impl ServerProc {
             .context("bad url")?;
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
-            token_with("bench-admin", "admin")?
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            token_with("bench-admin", "admin")?,
+            body.len()
         );
         s.write_all(req.as_bytes()).await?;
         let mut raw = String::new();
