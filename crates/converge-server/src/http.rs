@@ -42,6 +42,15 @@ pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<Stri
     (status, Json(body)).into_response()
 }
 
+/// The 503 of a server whose hub is gone (it is shutting down).
+pub(crate) fn shutting_down() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ShuttingDown,
+        "the server is shutting down",
+    )
+}
+
 /// A 422 for a request that is well-formed HTTP but not a valid request.
 pub(crate) fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Response {
     error(StatusCode::UNPROCESSABLE_ENTITY, code, message)
@@ -182,14 +191,21 @@ pub(crate) async fn mutate(
 /// The virtual client of one idempotency key: the same caller and key always name the same
 /// client, whose single mutation is id 1.
 fn idempotency_client(user: &str, key: &str) -> ClientId {
+    ClientId::from_bytes(hash16("converge idempotency key", &[user, key]))
+}
+
+/// 16 bytes of blake3 over `domain` then each of `parts`, each one after a NUL: a stable id
+/// derived from names (the same bytes every time, so ids already in the log stay valid).
+pub(crate) fn hash16(domain: &str, parts: &[&str]) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
-    h.update(b"converge idempotency key\0");
-    h.update(user.as_bytes());
-    h.update(b"\0");
-    h.update(key.as_bytes());
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    ClientId::from_bytes(id)
+    h.update(domain.as_bytes());
+    for part in parts {
+        h.update(b"\0");
+        h.update(part.as_bytes());
+    }
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    b
 }
 
 /// The body of `PUT /api/docs/{id}/acl`.
@@ -257,20 +273,13 @@ pub(crate) async fn get_acl(
         Ok(d) => d,
         Err(r) => return r,
     };
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    if state
-        .hub
-        .send(crate::hub_task::HubEvent::GetAcl { doc, reply })
-        .await
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ShuttingDown,
-            "stopping",
-        );
-    }
-    let grants = rx.await.unwrap_or_default();
+    let asked = hub_task::ask(&state.hub, |reply| hub_task::HubEvent::GetAcl {
+        doc,
+        reply,
+    });
+    let Some(grants) = asked.await else {
+        return shutting_down();
+    };
     let grants: Vec<serde_json::Value> = grants
         .into_iter()
         .map(|(u, r)| serde_json::json!({"user": u.as_str(), "role": r}))
@@ -361,12 +370,8 @@ pub(crate) async fn stats(State(state): State<AppState>, headers: HeaderMap) -> 
     if let Err(r) = admin(&state, &headers) {
         return r;
     }
-    let Some(s) = crate::hub_task::stats(&state.hub).await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ShuttingDown,
-            "stopping",
-        );
+    let Some(s) = hub_task::stats(&state.hub).await else {
+        return shutting_down();
     };
     let log = state.log.clone();
     let log_bytes = tokio::task::spawn_blocking(move || log.size_on_disk())
@@ -397,26 +402,13 @@ pub(crate) async fn stats(State(state): State<AppState>, headers: HeaderMap) -> 
 /// The caller, if it may read `doc` (its roles, token grants and the ACL); else the error.
 #[allow(clippy::result_large_err)]
 async fn reader(state: &AppState, headers: &HeaderMap, doc: DocId) -> Result<(), Response> {
-    let identity = caller(state, headers)?;
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let asked = state
-        .hub
-        .send(crate::hub_task::HubEvent::Permissions {
-            identity: Box::new(identity),
-            doc,
-            reply,
-        })
-        .await;
-    let perms = match (asked, rx.await) {
-        (Ok(()), Ok(p)) => p,
-        _ => {
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::ShuttingDown,
-                "stopping",
-            ));
-        }
-    };
+    let identity = Box::new(caller(state, headers)?);
+    let asked = hub_task::ask(&state.hub, |reply| hub_task::HubEvent::Permissions {
+        identity,
+        doc,
+        reply,
+    });
+    let perms = asked.await.ok_or_else(shutting_down)?;
     if !perms.has(converge_core::Permission::Read) {
         return Err(error(
             StatusCode::FORBIDDEN,

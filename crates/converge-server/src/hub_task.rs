@@ -703,9 +703,17 @@ fn snapshot_if_due(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, doc: DocId) 
     });
 }
 
+/// Asks the hub something and waits for its answer (`None`: the hub is gone, shutting down).
+pub(crate) async fn ask<T>(
+    tx: &mpsc::Sender<HubEvent>,
+    question: impl FnOnce(oneshot::Sender<T>) -> HubEvent,
+) -> Option<T> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(question(reply)).await.ok()?;
+    rx.await.ok()
+}
+
 /// Used by the HTTP layer.
 pub(crate) async fn stats(tx: &mpsc::Sender<HubEvent>) -> Option<HubStats> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(HubEvent::Stats { reply }).await.ok()?;
-    rx.await.ok()
+    ask(tx, |reply| HubEvent::Stats { reply }).await
 }

@@ -27,7 +27,7 @@ use converge_schema::{
 use futures_util::future::join_all;
 use serde::Deserialize;
 
-use crate::http::{caller, error, unprocessable};
+use crate::http::{caller, error, shutting_down, unprocessable};
 use crate::hub_task::{self, HubEvent, now_ms};
 use crate::server::AppState;
 
@@ -178,14 +178,7 @@ fn check(body: NotifyBody) -> Result<Checked, Response> {
 /// notification), random otherwise.
 fn notification_id(dedup_key: Option<&str>) -> String {
     let bytes: [u8; 16] = match dedup_key {
-        Some(k) => {
-            let mut h = blake3::Hasher::new();
-            h.update(b"converge notification\0");
-            h.update(k.as_bytes());
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&h.finalize().as_bytes()[..16]);
-            b
-        }
+        Some(k) => crate::http::hash16("converge notification", &[k]),
         None => rand::random(),
     };
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -195,14 +188,10 @@ fn notification_id(dedup_key: Option<&str>) -> String {
 /// mutation (id 1), so delivering the same notification again is answered from the record
 /// and writes nothing.
 fn delivery_client(user: &UserId, id: &str) -> ClientId {
-    let mut h = blake3::Hasher::new();
-    h.update(b"converge delivery\0");
-    h.update(user.as_str().as_bytes());
-    h.update(b"\0");
-    h.update(id.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    ClientId::from_bytes(b)
+    ClientId::from_bytes(crate::http::hash16(
+        "converge delivery",
+        &[user.as_str(), id],
+    ))
 }
 
 /// The identity the server writes inboxes as.
@@ -232,18 +221,15 @@ pub(crate) async fn notify(
         Ok(n) => n,
         Err(r) => return r,
     };
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let asked = state
-        .hub
-        .send(HubEvent::Recipients {
-            audience: n.audience.clone(),
-            reply,
-        })
-        .await;
-    let recipients: Vec<UserId> = match (asked, rx.await) {
-        (Ok(()), Ok(r)) => r.into_iter().filter(|u| *u != UserId::server()).collect(),
-        _ => return shutting_down(),
+    let audience = n.audience.clone();
+    let asked = hub_task::ask(&state.hub, |reply| HubEvent::Recipients { audience, reply });
+    let Some(recipients) = asked.await else {
+        return shutting_down();
     };
+    let recipients: Vec<UserId> = recipients
+        .into_iter()
+        .filter(|u| *u != UserId::server())
+        .collect();
     if recipients.len() > MAX_RECIPIENTS {
         return unprocessable(
             ErrorCode::BadRequest,
@@ -332,18 +318,12 @@ pub(crate) async fn notify(
             held_back += 1;
         }
     }
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let pushed = match state
-        .hub
-        .send(HubEvent::SendToUsers {
-            messages: pushes,
-            reply,
-        })
-        .await
-    {
-        Ok(()) => rx.await.unwrap_or(0),
-        Err(_) => 0,
-    };
+    let pushed = hub_task::ask(&state.hub, |reply| HubEvent::SendToUsers {
+        messages: pushes,
+        reply,
+    })
+    .await
+    .unwrap_or(0);
     let body = serde_json::json!({
         "id": id,
         "recipients": recipients.len(),
@@ -364,25 +344,26 @@ async fn read_preferences(state: &AppState, users: &[UserId]) -> BTreeMap<UserId
         users
             .into_iter()
             .map(|user| {
-                let inbox: Inbox = store
-                    .read(&DocId::inbox_of(&user), |d| autosurgeon::hydrate(d).ok())
+                // Only the preferences: hydrating the whole inbox would read every item.
+                let prefs: Preferences = store
+                    .read(&DocId::inbox_of(&user), |d| {
+                        autosurgeon::hydrate_prop::<_, Option<Preferences>, _, _>(
+                            d,
+                            automerge::ROOT,
+                            "preferences",
+                        )
+                        .ok()
+                        .flatten()
+                    })
                     .ok()
                     .flatten()
                     .unwrap_or_default();
-                (user, inbox.preferences)
+                (user, prefs)
             })
             .collect()
     })
     .await
     .unwrap_or_default()
-}
-
-fn shutting_down() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::ShuttingDown,
-        "the server is shutting down",
-    )
 }
 
 /// `GET /api/inbox` (any valid token): the caller's inbox: its document id (to subscribe to),
@@ -575,22 +556,16 @@ pub(crate) async fn publish(
         }
     };
     let data = Blob(serde_json::to_vec(&body.data).unwrap_or_default());
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let asked = state
-        .hub
-        .send(HubEvent::Publish {
-            identity: Box::new(identity),
-            room: body.room,
-            event: body.event,
-            data,
-            reply,
-        })
-        .await;
-    match (asked, rx.await) {
-        (Ok(()), Ok(Ok(n))) => {
-            (StatusCode::OK, Json(serde_json::json!({"delivered": n}))).into_response()
-        }
-        (Ok(()), Ok(Err(r))) => crate::http::refusal_response(r),
-        _ => shutting_down(),
+    let asked = hub_task::ask(&state.hub, |reply| HubEvent::Publish {
+        identity: Box::new(identity),
+        room: body.room,
+        event: body.event,
+        data,
+        reply,
+    });
+    match asked.await {
+        Some(Ok(n)) => (StatusCode::OK, Json(serde_json::json!({"delivered": n}))).into_response(),
+        Some(Err(r)) => crate::http::refusal_response(r),
+        None => shutting_down(),
     }
 }

@@ -177,30 +177,12 @@ pub async fn start_with_log(
     let auth = config.auth.authenticator()?;
     let mut hub = Hub::new(config.hub.clone(), Box::new(auth.clone()));
     // Admin grants survive restarts: they live in the log's store.
-    let grants = {
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || log.acls())
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()))?
-            .map_err(|source| ServerError::Log {
-                dir: config.data_dir.display().to_string(),
-                source,
-            })?
-    };
+    let grants = read_log(&log, &config, |log| log.acls()).await?;
     for (doc, user, role) in grants {
         hub.set_acl(doc, user, Some(role));
     }
     // The directory of users seen resolves notifications to roles across restarts.
-    let users = {
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || log.users())
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()))?
-            .map_err(|source| ServerError::Log {
-                dir: config.data_dir.display().to_string(),
-                source,
-            })?
-    };
+    let users = read_log(&log, &config, |log| log.users()).await?;
     hub.load_directory(users);
     // Notifications need the inbox mutators whatever else the embedder registered.
     // (In the config too: the HTTP API encodes arguments with the same registry.)
@@ -250,6 +232,22 @@ pub async fn start_with_log(
         tasks: Some(tasks),
         log,
     })
+}
+
+/// Reads something the hub needs at start from the log, off the async workers.
+async fn read_log<T: Send + 'static>(
+    log: &Arc<dyn EventLog>,
+    config: &ServerConfig,
+    read: impl FnOnce(&dyn EventLog) -> Result<T, converge_log::LogError> + Send + 'static,
+) -> Result<T, ServerError> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || read(log.as_ref()))
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))?
+        .map_err(|source| ServerError::Log {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })
 }
 
 fn router(state: AppState) -> Router {

@@ -11,10 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT};
 use common::*;
-use converge_core::{Ctx, Mutator, Mutators, Permission, Rejection, Roles};
+use converge_core::{Ctx, Mutator, Permission, Rejection, Roles};
 use converge_log::EntryKind;
 use converge_proto::*;
-use converge_server::auth::{AuthConfig, JwtConfig, claims, mint_hs256};
+use converge_server::auth::{claims, mint_hs256};
 
 const SECRET: &[u8] = b"permissions-test-secret-0123456789";
 
@@ -28,19 +28,11 @@ impl Mutator for Put {
 }
 
 async fn start() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let mut mutators = Mutators::new();
-    mutators.register::<Put>();
-    let handle = converge_server::start(converge_server::ServerConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        auth: AuthConfig::Jwt(JwtConfig::hs256(SECRET.to_vec())),
-        mutators,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    TestServer { handle, dir }
+    jwt_server(SECRET, with_put).await
+}
+
+fn with_put(c: &mut converge_server::ServerConfig) {
+    c.mutators.register::<Put>();
 }
 
 fn token(user: &str, roles: &[&str], grant: Option<(DocId, &str)>) -> String {
@@ -53,23 +45,6 @@ fn token(user: &str, roles: &[&str], grant: Option<(DocId, &str)>) -> String {
         c.docs.insert(doc.to_string(), role.to_string());
     }
     mint_hs256(SECRET, &c).unwrap()
-}
-
-async fn hello_as(url: &str, token: String) -> Ws {
-    let mut ws = connect(url).await;
-    send(
-        &mut ws,
-        &ClientMsg::Hello {
-            protocol: PROTOCOL_VERSION,
-            client_id: ClientId::random(),
-            token: Some(token),
-        },
-    )
-    .await;
-    match recv(&mut ws).await {
-        ServerMsg::Welcome { .. } => ws,
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Reads until `done` matches a message (allowed) or an error refuses the request; returns
@@ -125,7 +100,7 @@ async fn the_permission_matrix_holds_and_no_denied_write_reaches_the_log() {
     for role in ["admin", "editor", "viewer", "nobody"] {
         for grant in [None, Some("editor")] {
             let user = format!("{role}-{}", grant.unwrap_or("none"));
-            let mut ws = hello_as(&url, token(&user, &[role], grant.map(|g| (doc, g)))).await;
+            let mut ws = hello_with(&url, token(&user, &[role], grant.map(|g| (doc, g)))).await;
             let perms = grant.map_or(table.of(role), |g| table.of(role).union(table.of(g)));
             let may = |p: Permission| perms.has(p);
 
@@ -332,7 +307,7 @@ async fn an_acl_change_applies_to_live_sessions_and_a_revoked_user_is_disconnect
     assert_eq!(acl(&server, doc, &admin, body).await, 204);
 
     // ed is a viewer by token, an editor in this document by the ACL: ed writes.
-    let mut ed = hello_as(&url, token("ed", &["viewer"], None)).await;
+    let mut ed = hello_with(&url, token("ed", &["viewer"], None)).await;
     subscribe(&mut ed, doc, None).await;
     let mut w = converge_tests::Writer::new(b"ed-actor-0000001");
     send(
@@ -360,7 +335,7 @@ async fn an_acl_change_applies_to_live_sessions_and_a_revoked_user_is_disconnect
     .await;
     assert!(!allowed_by(&mut ed, |m| matches!(m, ServerMsg::Ack { .. })).await);
     // ed still receives others' changes.
-    let mut other = hello_as(&url, token("ann", &["editor"], None)).await;
+    let mut other = hello_with(&url, token("ann", &["editor"], None)).await;
     subscribe(&mut other, doc, None).await;
     let mut wa = converge_tests::Writer::new(b"ann-actor-000001");
     send(
@@ -399,9 +374,9 @@ async fn stats_and_acl_reads_are_for_admins() {
     let server = start().await;
     let url = server.handle.ws_url();
     let doc = DocId::random();
-    let mut ann = hello_as(&url, token("ann", &["editor"], None)).await;
+    let mut ann = hello_with(&url, token("ann", &["editor"], None)).await;
     subscribe(&mut ann, doc, None).await;
-    let _bob = hello_as(&url, token("bob", &["viewer"], None)).await;
+    let _bob = hello_with(&url, token("bob", &["viewer"], None)).await;
     let admin = token("root", &["admin"], None);
 
     let (status, body) = get(&server, "/api/stats", None).await;
@@ -450,18 +425,7 @@ async fn an_acl_survives_a_restart() {
     );
     let TestServer { handle, dir } = server;
     handle.shutdown().await.unwrap();
-    let mut mutators = Mutators::new();
-    mutators.register::<Put>();
-    let handle = converge_server::start(converge_server::ServerConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        auth: AuthConfig::Jwt(JwtConfig::hs256(SECRET.to_vec())),
-        mutators,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let server = TestServer { handle, dir };
+    let server = jwt_server_in(dir, SECRET, with_put).await;
     let (status, body) = get(&server, &format!("/api/docs/{doc}/acl"), Some(&admin)).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -469,7 +433,7 @@ async fn an_acl_survives_a_restart() {
         serde_json::json!([{"user": "vic", "role": "editor"}])
     );
     // And it is in force: vic, a viewer by token, writes.
-    let mut vic = hello_as(&server.handle.ws_url(), token("vic", &["viewer"], None)).await;
+    let mut vic = hello_with(&server.handle.ws_url(), token("vic", &["viewer"], None)).await;
     subscribe(&mut vic, doc, None).await;
     let mut w = converge_tests::Writer::new(b"vic-actor-000001");
     send(
@@ -489,7 +453,7 @@ async fn documents_and_their_history_are_readable_with_read_permission() {
     let url = server.handle.ws_url();
     let doc = DocId::random();
     let ann_token = token("ann", &["editor"], None);
-    let mut ann = hello_as(&url, ann_token.clone()).await;
+    let mut ann = hello_with(&url, ann_token.clone()).await;
     subscribe(&mut ann, doc, None).await;
     let mut w = converge_tests::Writer::new(b"ann-actor-000002");
     for (k, v) in [("a", 1), ("b", 2)] {

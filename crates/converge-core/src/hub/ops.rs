@@ -783,9 +783,6 @@ impl Hub {
             PresenceOut::Left { peer } => (peer, None),
         };
         let from = peer.session;
-        let Some(frame) = self.encode(&ServerMsg::Presence { doc, peer, state }) else {
-            return;
-        };
         let targets: Vec<SessionId> = self
             .docs
             .get(&doc)
@@ -797,9 +794,7 @@ impl Hub {
                     .collect()
             })
             .unwrap_or_default();
-        for s in targets {
-            self.send_frame(s, frame.clone());
-        }
+        self.send_to(&targets, &ServerMsg::Presence { doc, peer, state });
     }
 
     /// Everyone's presence, to a subscriber that just went live.

@@ -321,7 +321,7 @@ impl Hub {
     }
 
     /// Sends one message to these sessions (encoded once). Returns how many it was queued for.
-    fn send_to(&mut self, targets: &[SessionId], msg: &ServerMsg) -> usize {
+    pub(super) fn send_to(&mut self, targets: &[SessionId], msg: &ServerMsg) -> usize {
         if targets.is_empty() {
             return 0;
         }

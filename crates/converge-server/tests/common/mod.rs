@@ -173,7 +173,15 @@ pub async fn jwt_server(
     secret: &[u8],
     tune: impl FnOnce(&mut converge_server::ServerConfig),
 ) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
+    jwt_server_in(tempfile::tempdir().unwrap(), secret, tune).await
+}
+
+/// [`jwt_server`] on the data of `dir` (a restart when a server ran there before).
+pub async fn jwt_server_in(
+    dir: tempfile::TempDir,
+    secret: &[u8],
+    tune: impl FnOnce(&mut converge_server::ServerConfig),
+) -> TestServer {
     let mut config = converge_server::ServerConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("data"),
