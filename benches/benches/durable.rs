@@ -38,6 +38,7 @@ fn run_appenders(
     round: u64,
 ) -> Duration {
     let docs = fresh_docs(log, appenders, round);
+    let before = log.flush_stats();
     let start = Instant::now();
     std::thread::scope(|s| {
         for doc in &docs {
@@ -56,7 +57,29 @@ fn run_appenders(
             });
         }
     });
-    start.elapsed()
+    let took = start.elapsed();
+    report_flushes(log, before, appenders * per, took);
+    took
+}
+
+/// Prints how many appends shared each flush and how long the flushes took, once per shape.
+fn report_flushes(log: &Log, before: converge_log::FlushStats, appends: usize, took: Duration) {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap();
+    if seen.contains(&appends) {
+        return;
+    }
+    seen.push(appends);
+    let after = log.flush_stats();
+    let flushes = after.flushes - before.flushes;
+    let busy_us = after.total_us - before.total_us;
+    eprintln!(
+        "{appends} appends in {took:?}: {flushes} flushes, {:.1} appends each, mean flush {} us, flushing {:.0}% of the time",
+        appends as f64 / flushes.max(1) as f64,
+        busy_us / flushes.max(1),
+        busy_us as f64 / took.as_micros() as f64 * 100.0
+    );
 }
 
 /// The same load as tasks on a 2-thread tokio runtime (how the server will append): each task

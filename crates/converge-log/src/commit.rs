@@ -7,7 +7,10 @@
 //! it names has completed. Waiters are released together (one condvar broadcast for threads,
 //! one wake per async task), not one by one.
 //!
-//! In `Buffered` mode tickets resolve at once and the thread flushes on a timer.
+//! In `Buffered` mode tickets resolve at once and the thread flushes on a timer; between
+//! flushes it also drains staged writes into sled whenever they pass `drain_at` bytes, so an
+//! appender's thread does not pay for sled's indexing (it still does, as back-pressure, when
+//! staging reaches its hard limit).
 //!
 //! A failed flush poisons the committer: every waiting and later ticket fails. After an fsync
 //! error the kernel may have dropped the dirty pages, so retrying could report success for
@@ -44,6 +47,8 @@ struct State {
     wanted: bool,
     /// The flusher is parked; only then does a new ticket need to wake it.
     idle: bool,
+    /// Buffered mode: staged writes passed `drain_at`; drain them before the next flush.
+    drain_wanted: bool,
     closed: bool,
     /// Set by the first failed flush; every ticket fails from then on.
     poisoned: Option<LogError>,
@@ -73,11 +78,17 @@ pub(crate) struct Committer {
     shared: Arc<Shared>,
     durability: Durability,
     kv: Arc<dyn Kv>,
+    /// Staged bytes at which a buffered log drains in the background.
+    drain_at: usize,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Committer {
-    pub(crate) fn start(kv: Arc<dyn Kv>, durability: Durability) -> Result<Self, LogError> {
+    pub(crate) fn start(
+        kv: Arc<dyn Kv>,
+        durability: Durability,
+        drain_at: usize,
+    ) -> Result<Self, LogError> {
         let shared = Arc::new(Shared::default());
         let thread = {
             let shared = shared.clone();
@@ -91,6 +102,7 @@ impl Committer {
             shared,
             durability,
             kv,
+            drain_at,
             thread: Some(thread),
         })
     }
@@ -98,7 +110,17 @@ impl Committer {
     /// A ticket that resolves once everything applied before this call is durable.
     pub(crate) fn ticket(&self) -> Durable {
         match self.durability {
-            Durability::Buffered { .. } => Durable::ready(),
+            Durability::Buffered { .. } => {
+                if self.kv.backlog() >= self.drain_at {
+                    let mut st = self.shared.lock();
+                    if !st.drain_wanted {
+                        st.drain_wanted = true;
+                        drop(st);
+                        self.shared.work.notify_one();
+                    }
+                }
+                Durable::ready()
+            }
             Durability::Fsync => {
                 let mut st = self.shared.lock();
                 if st.closed {
@@ -148,6 +170,7 @@ impl Drop for Committer {
 }
 
 fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
+    let mut next_flush = std::time::Instant::now();
     loop {
         let (number, closed) = {
             let mut st = shared.lock();
@@ -160,13 +183,10 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
                     st.idle = false;
                 }
                 Durability::Buffered { every } => {
-                    if !st.closed {
-                        st = shared
-                            .work
-                            .wait_timeout(st, every.max(Duration::from_millis(1)))
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
+                    next_flush += every.max(Duration::from_millis(1));
+                    st = wait_buffered(shared, kv, st, next_flush);
+                    // A flush that overran its period is not followed by a burst of others.
+                    next_flush = next_flush.max(std::time::Instant::now());
                 }
             }
             st.wanted = false;
@@ -204,6 +224,41 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
             }
             return;
         }
+    }
+}
+
+/// Buffered mode: waits until `deadline` (or close), draining staged writes into the store
+/// whenever a ticket asks for it meanwhile.
+fn wait_buffered<'a>(
+    shared: &'a Shared,
+    kv: &dyn Kv,
+    mut st: MutexGuard<'a, State>,
+    deadline: std::time::Instant,
+) -> MutexGuard<'a, State> {
+    loop {
+        if st.closed {
+            return st;
+        }
+        if st.drain_wanted {
+            st.drain_wanted = false;
+            drop(st);
+            // A failed drain keeps its writes staged; the flush that follows retries them and
+            // poisons the log if it fails too.
+            if let Err(e) = kv.drain() {
+                tracing::warn!(error = %e, "background drain failed");
+            }
+            st = shared.lock();
+            continue;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return st;
+        }
+        st = shared
+            .work
+            .wait_timeout(st, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 

@@ -54,6 +54,14 @@ pub(crate) trait Kv: Send + Sync + 'static {
     fn apply(&self, batch: WriteBatch) -> Result<(), LogError>;
     /// Makes everything applied so far durable.
     fn flush(&self) -> Result<(), LogError>;
+    /// Bytes applied but not yet handed to the underlying store (staging), if any.
+    fn backlog(&self) -> usize {
+        0
+    }
+    /// Hands staged writes to the underlying store without making them durable.
+    fn drain(&self) -> Result<(), LogError> {
+        Ok(())
+    }
     fn is_empty(&self) -> Result<bool, LogError>;
     fn size_on_disk(&self) -> Result<u64, LogError>;
 }

@@ -126,7 +126,7 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
         finish_vacuum(dir.as_ref())?;
         let kv = Staged::new(SledKv::open(dir.as_ref())?, STAGE_BYTES);
-        Self::open_on(Arc::new(kv), config, "sled")
+        Self::open_on(Arc::new(kv), config, "sled", STAGE_BYTES / 8)
     }
 
     /// Rewrites the closed log in `dir` into a fresh sled database holding only its live
@@ -194,13 +194,15 @@ impl Log {
         // Staged like sled, with a small table so drains also happen between flushes: the
         // memory log exercises the same read-through-staging paths the sled log runs.
         let kv = Staged::new(storage.clone(), 64 << 10);
-        Self::open_on(Arc::new(kv), config, "memory")
+        Self::open_on(Arc::new(kv), config, "memory", 8 << 10)
     }
 
+    /// `drain_at`: staged bytes at which a buffered log drains them in the background.
     fn open_on(
         kv: Arc<dyn Kv>,
         config: LogConfig,
         backend: &'static str,
+        drain_at: usize,
     ) -> Result<Self, LogError> {
         check_format(kv.as_ref())?;
         let fence = match kv.get(keys::FENCE)? {
@@ -225,7 +227,7 @@ impl Log {
             let state = recover_doc(kv.as_ref(), &doc, meta)?;
             docs.insert(doc, Arc::new(Mutex::new(state)));
         }
-        let committer = Committer::start(kv.clone(), config.durability)?;
+        let committer = Committer::start(kv.clone(), config.durability, drain_at)?;
         Ok(Self {
             kv,
             config,
@@ -1282,6 +1284,11 @@ impl EventLog for Log {
         let Some(snap) = st.meta.snapshot.clone() else {
             return Ok(0);
         };
+        // Pages still staged may be joined with their neighbours when they reach sled, which
+        // would change the keys read below before the deletes land. Moving them all into sled
+        // first (no new ones can come: appends to this document wait for its lock) makes the
+        // keys read here the keys that exist.
+        self.kv.drain()?;
         // The index must not need pages that are about to go: checkpoint it first.
         let last = st.last_seq;
         let index = self.index(doc, &mut st)?;

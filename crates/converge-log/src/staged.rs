@@ -1,5 +1,5 @@
 //! Write staging in front of sled: batches land in an in-memory table and reach sled many at a
-//! time, in one `apply_batch`.
+//! time, in one `apply_batch`, with consecutive pages of a document joined (`page::coalesce`).
 //!
 //! Why: sled 0.34's `apply_batch` rolls its IO buffer twice per call to make the batch atomic
 //! (see `pin_log` in sled's pagecache), which costs ~80 us whatever the batch holds. One call
@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::LogError;
@@ -30,7 +31,11 @@ pub(crate) struct Staged<K> {
     /// One drain at a time, so the draining table is never replaced while sled applies it.
     drain_lock: Mutex<()>,
     /// Drain synchronously once the active table holds this many bytes, bounding memory.
+    /// Below it, the log's flush thread drains in the background (see [`Kv::backlog`]), so
+    /// an appender does not pay for sled's indexing on its own thread.
     max_bytes: usize,
+    /// `active_bytes`, readable without the lock.
+    backlog: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -47,6 +52,7 @@ impl<K: Kv> Staged<K> {
             tables: RwLock::new(Tables::default()),
             drain_lock: Mutex::new(()),
             max_bytes,
+            backlog: AtomicUsize::new(0),
         }
     }
 
@@ -60,16 +66,13 @@ impl<K: Kv> Staged<K> {
             }
             let table = Arc::new(std::mem::take(&mut t.active));
             t.active_bytes = 0;
+            self.backlog.store(0, Ordering::Relaxed);
             t.draining = Some(table.clone());
             table
         };
         let mut batch = WriteBatch::default();
-        for (k, v) in table.iter() {
-            match v {
-                Some(v) => batch.put(k.clone(), v.clone()),
-                None => batch.delete(k.clone()),
-            }
-        }
+        // One drain is one group: its pages of a document that follow each other join.
+        crate::page::coalesce(table.iter().map(|(k, v)| (k, (0, v))), &mut batch);
         let result = self.inner.apply(batch);
         let mut t = write(&self.tables);
         if result.is_err() {
@@ -83,6 +86,7 @@ impl<K: Kv> Staged<K> {
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
                 .sum();
             t.active = merged;
+            self.backlog.store(t.active_bytes, Ordering::Relaxed);
         }
         t.draining = None;
         result
@@ -161,12 +165,21 @@ impl<K: Kv> Kv for Staged<K> {
                 let freed = old.map_or(0, |v| key_len + v.as_ref().map_or(0, Vec::len));
                 t.active_bytes = (t.active_bytes + size).saturating_sub(freed);
             }
+            self.backlog.store(t.active_bytes, Ordering::Relaxed);
             t.active_bytes > self.max_bytes
         };
         if over {
             self.drain()?;
         }
         Ok(())
+    }
+
+    fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    fn drain(&self) -> Result<(), LogError> {
+        Staged::drain(self)
     }
 
     fn flush(&self) -> Result<(), LogError> {
