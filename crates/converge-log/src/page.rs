@@ -50,18 +50,17 @@ impl PageWriter {
     }
 }
 
-/// Writes staged `(key, (group, value))` pairs (in key order) into `batch`, joining pages of
-/// one document whose entries follow each other and that were staged in the same group (one
-/// group commit, or one drain) into one page, within the page limits.
+/// Writes one drain's staged `(key, value)` pairs (in key order) into `batch`, joining pages of
+/// one document whose entries follow each other into one page, within the page limits.
 ///
 /// Why: sled's cost is per key, and a document written one append at a time (an editor's
 /// keystrokes, a buffered writer) stages one page per append. Joining them as they reach sled
 /// is safe because a drain is one atomic batch, pages are never rewritten in place, and
 /// readers find the page holding a seq by the nearest key at or below it, whatever the page
-/// boundaries. Only pages of one group are joined, so appends that were made durable one at a
+/// boundaries. Only pages of one drain are joined, so appends that were made durable one at a
 /// time keep a page each. Pages whose framing does not parse are left alone.
 pub(crate) fn coalesce<'a>(
-    pairs: impl Iterator<Item = (&'a Vec<u8>, (usize, &'a Option<Vec<u8>>))>,
+    pairs: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
     batch: &mut crate::kv::WriteBatch,
 ) {
     /// The page being built: its key, bytes, entry count and the seq after its last entry.
@@ -70,10 +69,9 @@ pub(crate) fn coalesce<'a>(
         page: Vec<u8>,
         count: usize,
         next: u64,
-        group: usize,
     }
     let mut open: Option<Open> = None;
-    for (key, (group, value)) in pairs {
+    for (key, value) in pairs {
         let page_start = match value {
             Some(v) if key.len() == 25 && key[0] == crate::keys::ENTRY => {
                 crate::keys::seq_of(key).zip(count_entries(v))
@@ -93,7 +91,6 @@ pub(crate) fn coalesce<'a>(
         let Some(value) = value else { continue };
         if let Some(o) = open.as_mut()
             && o.key[..17] == key[..17]
-            && o.group == group
             && o.next == seq.get()
             && o.count + count <= MAX_PAGE_ENTRIES
             && o.page.len() + value.len() <= MAX_PAGE_BYTES
@@ -111,7 +108,6 @@ pub(crate) fn coalesce<'a>(
             page: value.clone(),
             count,
             next: seq.get() + count as u64,
-            group,
         });
     }
     if let Some(o) = open {
@@ -205,7 +201,7 @@ mod tests {
             })
             .collect();
         let mut batch = crate::kv::WriteBatch::default();
-        coalesce(table.iter().map(|(k, v)| (k, (0, v))), &mut batch);
+        coalesce(table.iter(), &mut batch);
         let ops = batch.into_ops();
         assert_eq!(ops.len(), 1);
         assert_eq!(ops[0].0, crate::keys::entry(&doc, Seq(1)));
@@ -264,7 +260,7 @@ mod tests {
             table.insert(b"Dother".to_vec(), Some(b"x".to_vec()));
             table.insert(b"Hgone".to_vec(), None);
             let mut batch = crate::kv::WriteBatch::default();
-            coalesce(table.iter().map(|(k, v)| (k, (0, v))), &mut batch);
+            coalesce(table.iter(), &mut batch);
             let mut got: BTreeMap<(u8, u64), Vec<u8>> = BTreeMap::new();
             let mut others = 0;
             for (key, value) in batch.into_ops() {

@@ -71,8 +71,7 @@ impl<K: Kv> Staged<K> {
             table
         };
         let mut batch = WriteBatch::default();
-        // One drain is one group: its pages of a document that follow each other join.
-        crate::page::coalesce(table.iter().map(|(k, v)| (k, (0, v))), &mut batch);
+        crate::page::coalesce(table.iter(), &mut batch);
         let result = self.inner.apply(batch);
         let mut t = write(&self.tables);
         if result.is_err() {

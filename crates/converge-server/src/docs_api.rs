@@ -9,7 +9,7 @@ use converge_proto::{DocId, ErrorCode};
 use converge_schema::DocKind;
 use serde::Deserialize;
 
-use crate::http::{admin, error, unprocessable};
+use crate::http::{admin, unprocessable};
 use crate::hub_task::now_ms;
 use crate::server::AppState;
 
@@ -66,11 +66,7 @@ pub(crate) async fn list(
             return crate::http::refusal_response(r);
         }
         Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            );
+            return crate::http::internal(e.to_string());
         }
     };
     let next = more
@@ -117,15 +113,11 @@ pub(crate) async fn create(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let body: CreateBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return unprocessable(
-                ErrorCode::BadRequest,
-                format!("the body is not {{\"kind\", \"value\"}}: {e}"),
-            );
-        }
-    };
+    let body: CreateBody =
+        match crate::http::json_body(&body, "the body is not {\"kind\", \"value\"}") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let kind: DocKind = match body.kind.parse() {
         // Inboxes are the server's, created by delivering to them.
         Ok(DocKind::Inbox) | Err(_) => {
@@ -157,15 +149,7 @@ pub(crate) async fn create(
         Ok(Err(converge_log::StoreError::Log(e))) => {
             crate::http::refusal_response(crate::refusal(&e))
         }
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
+        Ok(Err(e)) => crate::http::internal(e.to_string()),
+        Err(e) => crate::http::internal(e.to_string()),
     }
 }

@@ -56,6 +56,25 @@ pub(crate) fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Resp
     error(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
+/// A 500: something on the server's side failed.
+pub(crate) fn internal(message: impl Into<String>) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        message,
+    )
+}
+
+/// Parses a JSON body, or the 422 `BadRequest` saying `what: <the parser's reason>`.
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| unprocessable(ErrorCode::BadRequest, format!("{what}: {e}")))
+}
+
 /// The response for a refusal of the hub or the log, with the status its code implies.
 pub(crate) fn refusal_response(r: converge_core::Refusal) -> Response {
     let status = match r.code {
@@ -140,16 +159,11 @@ pub(crate) async fn mutate(
             );
         }
     };
-    let body: MutationBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::BadRequest,
-                format!("the body is not {{\"name\", \"args\", \"fence\"?}}: {e}"),
-            );
-        }
-    };
+    let body: MutationBody =
+        match json_body(&body, "the body is not {\"name\", \"args\", \"fence\"?}") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let mut de = <dyn erased_serde::Deserializer>::erase(body.args);
     let args = match state.config.mutators.encode_args_from(&body.name, &mut de) {
         Ok(a) => a,
@@ -306,15 +320,9 @@ pub(crate) async fn put_acl(
         Ok(d) => d,
         Err(r) => return r,
     };
-    let body: AclBody = match serde_json::from_slice(&body) {
+    let body: AclBody = match json_body(&body, "the body is not {\"user\", \"role\"}") {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::BadRequest,
-                format!("the body is not {{\"user\", \"role\"}}: {e}"),
-            );
-        }
+        Err(r) => return r,
     };
     let user = match converge_proto::UserId::new(body.user) {
         Ok(u) => u,
@@ -451,22 +459,10 @@ pub(crate) async fn doc_json(
     .await;
     match read {
         Ok(Ok(Ok(json))) => (StatusCode::OK, Json(json)).into_response(),
-        Ok(Ok(Err(e))) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
+        Ok(Ok(Err(e))) => internal(e.to_string()),
         Ok(Err(converge_log::StoreError::Log(e))) => log_error(&e),
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
+        Ok(Err(e)) => internal(e.to_string()),
+        Err(e) => internal(e.to_string()),
     }
 }
 
@@ -517,11 +513,7 @@ pub(crate) async fn doc_events(
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return log_error(&e),
         Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            );
+            return internal(e.to_string());
         }
     };
     let last = entries.last().map(|e| e.seq);

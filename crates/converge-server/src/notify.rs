@@ -27,7 +27,7 @@ use converge_schema::{
 use futures_util::future::join_all;
 use serde::Deserialize;
 
-use crate::http::{caller, error, shutting_down, unprocessable};
+use crate::http::{caller, shutting_down, unprocessable};
 use crate::hub_task::{self, HubEvent, now_ms};
 use crate::server::AppState;
 
@@ -213,9 +213,9 @@ pub(crate) async fn notify(
     if let Err(r) = crate::http::admin(&state, &headers) {
         return r;
     }
-    let body: NotifyBody = match serde_json::from_slice(&body) {
+    let body: NotifyBody = match crate::http::json_body(&body, "bad notification") {
         Ok(b) => b,
-        Err(e) => return unprocessable(ErrorCode::BadRequest, format!("bad notification: {e}")),
+        Err(r) => return r,
     };
     let n = match check(body) {
         Ok(n) => n,
@@ -386,18 +386,10 @@ pub(crate) async fn get_inbox(State(state): State<AppState>, headers: HeaderMap)
             Inbox::default()
         }
         Ok(Err(e)) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            );
+            return crate::http::internal(e.to_string());
         }
         Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            );
+            return crate::http::internal(e.to_string());
         }
     };
     let counts = inbox.unread_counts();
@@ -448,14 +440,12 @@ pub(crate) async fn mark_read(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let body: ReadBody = match serde_json::from_slice(&body) {
+    let body: ReadBody = match crate::http::json_body(
+        &body,
+        "the body is not {\"ids\": [...]} or {\"all\": true}",
+    ) {
         Ok(b) => b,
-        Err(e) => {
-            return unprocessable(
-                ErrorCode::BadRequest,
-                format!("the body is not {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
-            );
-        }
+        Err(r) => return r,
     };
     if body.ids.is_empty() && !body.all {
         return unprocessable(ErrorCode::BadRequest, "name ids or set all");
@@ -477,9 +467,9 @@ pub(crate) async fn set_preferences(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let preferences: Preferences = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return unprocessable(ErrorCode::BadRequest, format!("bad preferences: {e}")),
+    let preferences: Preferences = match crate::http::json_body(&body, "bad preferences") {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let args = SetPreferences { preferences };
     own_inbox_mutation::<SetPreferences>(&state, identity, &args).await
@@ -546,15 +536,11 @@ pub(crate) async fn publish(
     if let Err(r) = crate::http::may_write(&state, &identity.user) {
         return r;
     }
-    let body: PublishBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return unprocessable(
-                ErrorCode::BadRequest,
-                format!("the body is not {{\"room\", \"event\", \"data\"}}: {e}"),
-            );
-        }
-    };
+    let body: PublishBody =
+        match crate::http::json_body(&body, "the body is not {\"room\", \"event\", \"data\"}") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let data = Blob(serde_json::to_vec(&body.data).unwrap_or_default());
     let asked = hub_task::ask(&state.hub, |reply| HubEvent::Publish {
         identity: Box::new(identity),
