@@ -34,22 +34,9 @@ pub async fn connect(url: &str) -> Ws {
     ws
 }
 
-/// Connects and completes the handshake as `user`.
+/// Connects and completes the handshake as `user` (under Dev auth the token is the user id).
 pub async fn hello(url: &str, user: &str) -> Ws {
-    let mut ws = connect(url).await;
-    send(
-        &mut ws,
-        &ClientMsg::Hello {
-            protocol: PROTOCOL_VERSION,
-            client_id: ClientId::random(),
-            token: Some(user.into()),
-        },
-    )
-    .await;
-    match recv(&mut ws).await {
-        ServerMsg::Welcome { .. } => ws,
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    hello_with(url, user.into()).await
 }
 
 pub async fn send(ws: &mut Ws, msg: &ClientMsg) {
