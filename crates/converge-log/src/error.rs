@@ -66,6 +66,16 @@ pub enum LogError {
         expected: u64,
         got: u64,
     },
+    /// The change's op ids start at or below ops its actor already has in the log: two ops
+    /// would share an id. automerge never makes such a change.
+    #[error(
+        "change {hash}: its ops start at {start_op}, but its actor's ops up to {max_op} are already logged"
+    )]
+    OpIdReused {
+        hash: ChangeHash,
+        start_op: u64,
+        max_op: u64,
+    },
     /// The change depends on a change the log does not hold.
     #[error("change {hash} depends on {dep}, which is not logged")]
     MissingDependency { hash: ChangeHash, dep: ChangeHash },

@@ -9,6 +9,8 @@ pub(crate) const META: u8 = b'D';
 pub(crate) const ENTRY: u8 = b'E';
 pub(crate) const HASH: u8 = b'H';
 pub(crate) const ACTOR: u8 = b'A';
+/// An actor's highest op counter (8 bytes), beside its `ACTOR` record; see `Index::max_ops`.
+pub(crate) const OPS: u8 = b'P';
 pub(crate) const MUTATION: u8 = b'M';
 pub(crate) const SNAPSHOT: u8 = b'S';
 pub(crate) const INDEX: u8 = b'I';

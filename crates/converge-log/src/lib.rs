@@ -39,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+mod change_info;
 mod codec;
 mod commit;
 mod docstore;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use converge_proto::limits::{MAX_BATCH_ENTRIES, MAX_SNAPSHOT_BYTES};
 use converge_proto::{ChangeHash, ClientId, DocId, Epoch, FencingToken, MutationId, Seq, UserId};
 
+use crate::change_info::{ChangeInfo, decode_logged, inspect_change};
 use crate::codec::{self, FORMAT_VERSION};
 use crate::commit::{Committer, Durability, Durable};
 use crate::entry::{
@@ -95,6 +96,9 @@ struct DocState {
 #[derive(Debug, Default)]
 struct Index {
     actors: HashMap<Vec<u8>, ActorRecord>,
+    /// Each actor's highest op counter: its next change must start above it, or op ids would
+    /// repeat. Absent for actors indexed by a log written before it was kept (no check then).
+    max_ops: HashMap<Vec<u8>, u64>,
     hashes: HashMap<ChangeHash, Seq>,
     /// Full contents of the hash blocks that hold entries after `through`, or that may still
     /// grow (the block holding `through`).
@@ -351,6 +355,15 @@ impl Log {
                 codec::decode(&value).map_err(|reason| corrupt("actor index", reason))?;
             index.actors.insert(key[prefix.len()..].to_vec(), record);
         }
+        let prefix = keys::doc_key(keys::OPS, doc);
+        for (key, value) in self
+            .kv
+            .range(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)?
+        {
+            let max_op =
+                u64_from(&value).ok_or_else(|| corrupt("op index", "not 8 bytes".into()))?;
+            index.max_ops.insert(key[prefix.len()..].to_vec(), max_op);
+        }
         let prefix = keys::doc_key(keys::HASH, doc);
         for (key, value) in self
             .kv
@@ -391,8 +404,10 @@ impl Log {
             let entry = Entry::open(doc, seq, &stored)?;
             let hash = match entry.kind.change_bytes() {
                 Some(bytes) => {
-                    let info = inspect_change(bytes)?;
+                    let info = decode_logged(bytes)?;
                     index.hashes.insert(info.hash, seq);
+                    let max_op = index.max_ops.entry(info.actor.clone()).or_default();
+                    *max_op = (*max_op).max(info.max_op);
                     let pushed = matches!(entry.kind, EntryKind::Change(_));
                     let record = index
                         .actors
@@ -447,6 +462,12 @@ impl Log {
                 batch.put(
                     keys::with_suffix(keys::ACTOR, doc, &actor),
                     codec::encode(record).map_err(LogError::Invalid)?,
+                );
+            }
+            if let Some(max_op) = index.max_ops.get(&actor) {
+                batch.put(
+                    keys::with_suffix(keys::OPS, doc, &actor),
+                    max_op.to_be_bytes().to_vec(),
                 );
             }
         }
@@ -520,6 +541,7 @@ impl Log {
         let mut tombstoned = false;
         let mut in_batch: HashMap<ChangeHash, Seq> = HashMap::new();
         let mut actors: HashMap<Vec<u8>, ActorRecord> = HashMap::new();
+        let mut max_ops: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut mutations: HashMap<ClientId, MutationId> = HashMap::new();
         // Outcomes of this batch's mutations; `applied_open`: the last one was Applied and
         // its change (the next entry, if any) gives it its seq.
@@ -600,6 +622,20 @@ impl Log {
                 {
                     return Err(LogError::UnknownActor { hash: info.hash });
                 }
+                // Op ids are (counter, actor): a change that reuses its actor's counters
+                // would give two ops one id.
+                let logged_max = max_ops
+                    .get(&info.actor)
+                    .or_else(|| index.max_ops.get(&info.actor));
+                if let Some(&max_op) = logged_max
+                    && info.start_op <= max_op
+                {
+                    return Err(LogError::OpIdReused {
+                        hash: info.hash,
+                        start_op: info.start_op,
+                        max_op,
+                    });
+                }
                 if let Some(dep) = info
                     .deps
                     .iter()
@@ -628,6 +664,7 @@ impl Log {
                         entry_seq,
                     },
                 );
+                max_ops.insert(info.actor.clone(), info.max_op);
                 in_batch.insert(info.hash, seq);
                 if let Some(c) = new.kind.change_bytes() {
                     change_bytes += c.len() as u64;
@@ -686,6 +723,7 @@ impl Log {
         index.hashes.extend(in_batch);
         index.dirty.extend(actors.keys().cloned());
         index.actors.extend(actors);
+        index.max_ops.extend(max_ops);
         if seq.get() - index.through.get() >= CHECKPOINT {
             self.checkpoint(doc, &mut index, seq, &mut batch)?;
         }
@@ -846,38 +884,6 @@ fn recover_doc(kv: &dyn Kv, doc: &DocId, meta: DocMeta) -> Result<DocState, LogE
         }
     }
     Ok(st)
-}
-
-/// A change decoded far enough to index it.
-struct ChangeInfo {
-    hash: ChangeHash,
-    actor: Vec<u8>,
-    seq: u64,
-    deps: Vec<ChangeHash>,
-    /// Actors the change references besides its own.
-    others: Vec<Vec<u8>>,
-}
-
-impl ChangeInfo {
-    fn of(change: &automerge::Change) -> Self {
-        ChangeInfo {
-            hash: ChangeHash(change.hash().0),
-            actor: change.actor_id().to_bytes().to_vec(),
-            seq: change.seq(),
-            deps: change.deps().iter().map(|d| ChangeHash(d.0)).collect(),
-            others: change
-                .other_actor_ids()
-                .iter()
-                .map(|a| a.to_bytes().to_vec())
-                .collect(),
-        }
-    }
-}
-
-fn inspect_change(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
-    let change = automerge::Change::from_bytes(bytes.to_vec())
-        .map_err(|e| LogError::MalformedChange(e.to_string()))?;
-    Ok(ChangeInfo::of(&change))
 }
 
 impl EventLog for Log {

@@ -31,6 +31,8 @@ conformance!(
     actor_index_tracks_owner_and_seq,
     actor_owned_by_another_user_is_refused,
     malformed_change_is_refused_and_nothing_written,
+    unsealed_change_is_refused,
+    forged_op_ids_are_refused_and_nothing_written,
     oversize_change_is_refused,
     empty_and_oversize_batches_are_refused,
     mutation_ids_are_tracked_per_client,
@@ -248,6 +250,123 @@ fn malformed_change_is_refused_and_nothing_written(b: Backend) {
     }
     assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
     assert!(log.read(&DOC, Seq(1), 10).unwrap().is_empty());
+}
+
+/// Re-encodes a change after `edit` changed its decoded form: a forged change that still
+/// decodes and carries a valid checksum.
+fn forge(bytes: &[u8], edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+    let mut expanded = automerge::Change::from_bytes(bytes.to_vec())
+        .unwrap()
+        .decode();
+    edit(&mut expanded);
+    expanded.hash = None;
+    automerge::Change::from(expanded).raw_bytes().to_vec()
+}
+
+fn unsealed_change_is_refused(b: Backend) {
+    let log = new_log(&b);
+    let mut w = Writer::new(1);
+    let good = w.put("a", 1);
+    // One flipped bit in the header's checksum: automerge still decodes the change.
+    let mut flipped = good.clone();
+    flipped[5] ^= 1;
+    assert!(automerge::Change::from_bytes(flipped.clone()).is_ok());
+    let err = log
+        .append(&DOC, vec![change_entry(&user("a"), flipped)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, LogError::MalformedChange(m) if m.contains("checksum")),
+        "{err:?}"
+    );
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
+    log.append(&DOC, vec![change_entry(&user("a"), good)])
+        .unwrap();
+}
+
+fn forged_op_ids_are_refused_and_nothing_written(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let first = w.put("a", 1);
+    log.append(&DOC, vec![change_entry(&alice, first.clone())])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    // The actor's next seq, but its op ids start where the first change's did: two ops
+    // would share the id 1@actor.
+    let reused = forge(&first, |c| c.seq = 2);
+    let refuse = |log: &converge_log::Log| {
+        let err = log
+            .append(&DOC, vec![change_entry(&alice, reused.clone())])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::OpIdReused {
+                    start_op: 1,
+                    max_op: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(1));
+    };
+    refuse(&log);
+    // The actor's op counter is kept across a reopen, from the index checkpoint or the pages.
+    drop(log);
+    let log = b.open(LogConfig::default());
+    refuse(&log);
+    for i in 0..20 {
+        log.append(&DOC, vec![change_entry(&alice, w.put("a", i + 2))])
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+    }
+    drop(log);
+    let log = b.open(LogConfig::default());
+    let next = w.put("a", 99);
+    let stale = forge(&next, |c| {
+        c.start_op = std::num::NonZeroU64::new(21).unwrap();
+        c.operations[0].pred = Vec::new().into();
+    });
+    let err = log
+        .append(&DOC, vec![change_entry(&alice, stale)])
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::OpIdReused { max_op: 21, .. }),
+        "{err:?}"
+    );
+
+    // An op that overwrites an op with a later id, or writes into a later object: refused
+    // before anything is checked against the document.
+    let later_pred = forge(&next, |c| {
+        c.operations[0].pred = vec![automerge::legacy::OpId(500, c.actor_id.clone())].into();
+    });
+    let err = log
+        .append(&DOC, vec![change_entry(&alice, later_pred)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, LogError::MalformedChange(m) if m.contains("not earlier")),
+        "{err:?}"
+    );
+    let list_key_on_root = forge(&next, |c| {
+        c.operations[0].key = automerge::legacy::Key::Seq(automerge::legacy::ElementId::Head);
+        c.operations[0].insert = true;
+    });
+    let err = log
+        .append(&DOC, vec![change_entry(&alice, list_key_on_root)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, LogError::MalformedChange(m) if m.contains("wrong kind")),
+        "{err:?}"
+    );
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(21));
+    // The genuine change still goes in.
+    log.append(&DOC, vec![change_entry(&alice, next)]).unwrap();
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(22));
 }
 
 fn oversize_change_is_refused(b: Backend) {

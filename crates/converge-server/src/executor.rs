@@ -604,7 +604,7 @@ pub fn refusal(e: &LogError) -> Refusal {
     let code = match e {
         LogError::TooLarge { what: "batch", .. } => ErrorCode::TooManyChanges,
         LogError::TooLarge { .. } => ErrorCode::ChangeTooLarge,
-        LogError::MalformedChange(_) => ErrorCode::MalformedChange,
+        LogError::MalformedChange(_) | LogError::OpIdReused { .. } => ErrorCode::MalformedChange,
         LogError::ActorOwnedByOther { .. } => ErrorCode::ActorOwnedByOther,
         LogError::SeqGap { .. } => ErrorCode::SeqGap,
         LogError::SeqConflict { .. } => ErrorCode::SeqConflict,

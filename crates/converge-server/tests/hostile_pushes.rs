@@ -20,6 +20,17 @@ enum Mutation {
     Flip(usize, u8),
     Truncate(usize),
     Overwrite(usize, u8),
+    /// A decoded field changed and the change sealed again: it passes the checksum, so only
+    /// the log's semantic checks stand between it and the replicas.
+    Forge(Field, u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Seq,
+    StartOp,
+    Deps,
+    Pred,
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -28,6 +39,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => (any::<usize>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
         1 => any::<usize>().prop_map(Mutation::Truncate),
         1 => (any::<usize>(), any::<u8>()).prop_map(|(i, v)| Mutation::Overwrite(i, v)),
+        2 => (prop_oneof![Just(Field::Seq), Just(Field::StartOp), Just(Field::Deps), Just(Field::Pred)], 0u64..12)
+            .prop_map(|(f, v)| Mutation::Forge(f, v)),
     ]
 }
 
@@ -38,12 +51,34 @@ fn mutate(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
         Mutation::Flip(i, b) => bytes[i % n] ^= 1 << b,
         Mutation::Truncate(i) => bytes.truncate(i % n),
         Mutation::Overwrite(i, v) => bytes[i % n] = v,
+        Mutation::Forge(field, v) => return forge(&bytes, field, v),
     }
     bytes
 }
 
+fn forge(bytes: &[u8], field: Field, v: u64) -> Vec<u8> {
+    let mut c = automerge::Change::from_bytes(bytes.to_vec())
+        .unwrap()
+        .decode();
+    match field {
+        Field::Seq => c.seq = v,
+        Field::StartOp => c.start_op = std::num::NonZeroU64::new(v + 1).unwrap(),
+        Field::Deps => {
+            c.deps.truncate(v as usize % (c.deps.len() + 1));
+        }
+        Field::Pred => {
+            let actor = c.actor_id.clone();
+            for op in &mut c.operations {
+                op.pred = vec![automerge::legacy::OpId(v + 1, actor.clone())].into();
+            }
+        }
+    }
+    c.hash = None;
+    automerge::Change::from(c).raw_bytes().to_vec()
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn mutated_pushes_never_break_the_server_or_the_log(steps in proptest::collection::vec((0usize..3, mutation(), any::<bool>()), 1..40)) {
         let log = Arc::new(Log::open_in_memory(&MemStorage::new(), LogConfig::default()).unwrap());
