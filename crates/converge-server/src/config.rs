@@ -18,9 +18,10 @@ pub struct ServerConfig {
     pub hub: HubConfig,
     /// WebSocket read buffer per connection, also the most read per read call. axum's default
     /// (128 KiB) makes an idle connection cost ~108 KiB. Measured with `converge bench idle`
-    /// (10k connections): 4 KiB -> 9.5 KiB RSS per idle connection, 1 KiB -> 6.7 KiB, with no
-    /// visible cost on the editing trace (a frame's full length is reserved once its header
-    /// is read; only the number of read calls per large frame grows).
+    /// (10k connections): 4 KiB -> 9.5 KiB RSS per idle connection, 1 KiB -> 6.7 KiB; 512
+    /// bytes save another ~0.5 KiB and still hold a Hello with a typical JWT. A larger frame
+    /// grows the buffer to its length once its header is read; only the number of read calls
+    /// per large frame grows.
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection (frames are written through at once).
     pub ws_write_buffer: usize,
@@ -45,7 +46,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("converge-data"),
             durability: Durability::Fsync,
             hub: HubConfig::default(),
-            ws_read_buffer: 1024,
+            ws_read_buffer: 512,
             ws_write_buffer: 0,
             mutators: Mutators::new(),
             auth: AuthConfig::Dev,

@@ -8,9 +8,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::hub_task::{ConnOut, HubEvent};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Taken};
 
-/// Runs a connection until either side closes it.
 /// Messages per second and burst allowed on one connection, checked before the hub: a
 /// flooding connection's excess never reaches the hub's queue, so it cannot slow the others.
 #[derive(Debug, Clone, Copy)]
@@ -19,8 +18,26 @@ pub(crate) struct RateLimit {
     pub(crate) burst: u32,
 }
 
-pub(crate) async fn run(
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Runs a connection until either side closes it.
+///
+/// The connection's future is most of an idle connection's memory, so it is kept small: the
+/// socket is split before the future exists (it keeps room for each argument), waits that
+/// are rare (a full hub queue, a close) are boxed, and no await holds a whole `HubEvent`.
+pub(crate) fn start(
     socket: WebSocket,
+    hub: mpsc::Sender<HubEvent>,
+    token: Option<String>,
+    rate: RateLimit,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (sink, stream) = socket.split();
+    run(sink, stream, hub, token, rate)
+}
+
+async fn run(
+    mut sink: Sink,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
     hub: mpsc::Sender<HubEvent>,
     token: Option<String>,
     rate: RateLimit,
@@ -33,22 +50,16 @@ pub(crate) async fn run(
     let mut told: Option<tokio::time::Instant> = None;
     let outbox = Arc::new(Outbox::default());
     let mut batch: VecDeque<ConnOut> = VecDeque::new();
-    let (kill_tx, mut kill_rx) = oneshot::channel();
     let (reply, session) = oneshot::channel();
-    if hub
-        .send(HubEvent::Connect {
-            out: outbox.clone(),
-            kill: kill_tx,
-            reply,
-            token,
-        })
-        .await
-        .is_err()
-    {
+    let connect = HubEvent::Connect {
+        out: outbox.clone(),
+        reply,
+        token,
+    };
+    if !to_hub(&hub, connect).await {
         return;
     }
     let Ok(session) = session.await else { return };
-    let (mut sink, mut stream) = socket.split();
     let mut reading = true;
     loop {
         tokio::select! {
@@ -59,16 +70,16 @@ pub(crate) async fn run(
                         let now = tokio::time::Instant::now();
                         if told.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
                             told = Some(now);
-                            let _ = hub.send(HubEvent::RateLimited { session }).await;
+                            to_hub(&hub, HubEvent::RateLimited { session }).await;
                         }
                         continue;
                     }
-                    if hub.send(HubEvent::Frame { session, bytes }).await.is_err() {
+                    if !to_hub(&hub, HubEvent::Frame { session, bytes }).await {
                         break;
                     }
                 }
                 Some(Ok(Message::Text(_))) => {
-                    let _ = hub.send(HubEvent::Text { session }).await;
+                    to_hub(&hub, HubEvent::Text { session }).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break,
@@ -78,7 +89,7 @@ pub(crate) async fn run(
                     reading = false;
                     match oversize(&e) {
                         Some(size) => {
-                            let _ = hub.send(HubEvent::Oversize { session, size }).await;
+                            to_hub(&hub, HubEvent::Oversize { session, size }).await;
                         }
                         None => {
                             tracing::debug!(%session, error = %e, "websocket read failed");
@@ -87,47 +98,63 @@ pub(crate) async fn run(
                     }
                 }
             },
-            more = outbox.take(&mut batch) => {
-                if !more {
-                    break;
-                }
-                // Everything waiting goes out in one write where the socket takes it.
-                let mut ended = false;
-                for out in batch.drain(..) {
-                    match out {
-                        ConnOut::Frame(frame) => {
-                            if sink.feed(Message::Binary(frame)).await.is_err() {
-                                ended = true;
-                                break;
-                            }
-                        }
-                        ConnOut::Close(code, reason) => {
-                            close(&mut sink, code, reason).await;
-                            ended = true;
-                            break;
-                        }
+            taken = outbox.take(&mut batch) => {
+                match taken {
+                    Taken::Items => {}
+                    Taken::Kill(code, reason) => {
+                        Box::pin(close(&mut sink, code, reason)).await;
+                        break;
                     }
+                    Taken::End => break,
                 }
-                if ended || sink.flush().await.is_err() {
+                // Boxed: a write's futures would otherwise take room in every idle
+                // connection's future; the box is one allocation per burst.
+                if !Box::pin(write(&mut sink, &mut batch)).await {
                     break;
                 }
-            }
-            killed = &mut kill_rx => {
-                if let Ok((code, reason)) = killed {
-                    close(&mut sink, code, reason).await;
-                }
-                break;
             }
         }
     }
-    let _ = hub.send(HubEvent::Disconnect { session }).await;
+    to_hub(&hub, HubEvent::Disconnect { session }).await;
 }
 
-async fn close(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    code: converge_proto::CloseCode,
-    reason: String,
-) {
+/// Sends everything waiting, in one write where the socket takes it. False when the
+/// connection is done (the socket failed, or a close was sent).
+async fn write(sink: &mut Sink, batch: &mut VecDeque<ConnOut>) -> bool {
+    for out in batch.drain(..) {
+        match out {
+            ConnOut::Frame(frame) => {
+                if sink.feed(Message::Binary(frame)).await.is_err() {
+                    return false;
+                }
+            }
+            ConnOut::Close(code, reason) => {
+                close(sink, code, reason).await;
+                return false;
+            }
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
+/// Hands an event to the hub task; resolves to false when it is gone. Not an `async fn`:
+/// that would hold the whole event across its await. Here the wait for room in a full queue
+/// is boxed, and the future is a few bytes while the queue has room.
+fn to_hub(
+    hub: &mpsc::Sender<HubEvent>,
+    event: HubEvent,
+) -> impl std::future::Future<Output = bool> + Send + '_ {
+    use futures_util::future::{Either, ready};
+    match hub.try_send(event) {
+        Ok(()) => Either::Left(ready(true)),
+        Err(mpsc::error::TrySendError::Closed(_)) => Either::Left(ready(false)),
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            Either::Right(Box::pin(async move { hub.send(event).await.is_ok() }))
+        }
+    }
+}
+
+async fn close(sink: &mut Sink, code: converge_proto::CloseCode, reason: String) {
     let mut reason = reason;
     // A close frame's reason is at most 123 bytes.
     while reason.len() > 120 {

@@ -38,7 +38,6 @@ pub(crate) enum ConnOut {
 pub(crate) enum HubEvent {
     Connect {
         out: Arc<Outbox>,
-        kill: oneshot::Sender<(CloseCode, String)>,
         reply: oneshot::Sender<SessionId>,
         /// The upgrade request's bearer token, if any.
         token: Option<String>,
@@ -146,7 +145,6 @@ pub(crate) enum HubEvent {
 
 struct Conn {
     out: Arc<Outbox>,
-    kill: Option<oneshot::Sender<(CloseCode, String)>>,
 }
 
 impl Drop for Conn {
@@ -389,9 +387,9 @@ async fn run(
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    HubEvent::Connect { out, kill, reply, token } => {
+                    HubEvent::Connect { out, reply, token } => {
                         let session = hub.connect_with_token(now_ms(), token);
-                        conns.insert(session, Conn { out, kill: Some(kill) });
+                        conns.insert(session, Conn { out });
                         metrics.connected();
                         let _ = reply.send(session);
                     }
@@ -511,12 +509,11 @@ async fn run(
                     code,
                     reason,
                 } => {
-                    if let Some(c) = conns.get_mut(&session)
+                    if let Some(c) = conns.get(&session)
                         && let Err(ConnOut::Close(code, reason)) =
                             c.out.push(ConnOut::Close(code, reason))
-                        && let Some(kill) = c.kill.take()
                     {
-                        let _ = kill.send((code, reason));
+                        c.out.kill(code, reason);
                     }
                 }
                 Output::Append {

@@ -309,7 +309,7 @@ async fn ws(
         .write_buffer_size(c.ws_write_buffer)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| crate::connection::run(socket, hub, token, rate))
+        .on_upgrade(move |socket| crate::connection::start(socket, hub, token, rate))
 }
 
 /// `GET /metrics` (admin): Prometheus text.

@@ -251,7 +251,7 @@ impl Hub {
             Some(f) => self.table(&doc).check_fence(f, &peer, now_ms),
         };
         if let Some(s) = self.sessions.get_mut(&session) {
-            *s.mutations_in_flight.entry(doc).or_default() += 1;
+            *s.mutations_in_flight.entry(doc) += 1;
         }
         let request = MutationRequest {
             doc,

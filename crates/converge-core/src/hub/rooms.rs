@@ -132,7 +132,8 @@ impl Hub {
         self.users
             .entry(identity.user.clone())
             .or_insert_with(|| UserState {
-                sessions: Vec::new(),
+                // Most users hold one connection: no room reserved for more.
+                sessions: Vec::with_capacity(1),
                 messages: Bucket::full(messages, now_ms),
                 publishes: Bucket::full(publishes, now_ms),
             })
