@@ -309,7 +309,12 @@ async fn ws(
         .write_buffer_size(c.ws_write_buffer)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| crate::connection::start(socket, hub, token, rate))
+        .on_upgrade(move |socket| {
+            // A task of our own, so the one axum spawned for the upgrade (which keeps room
+            // for its own state beside ours) ends here.
+            tokio::spawn(crate::connection::start(socket, hub, token, rate));
+            std::future::ready(())
+        })
 }
 
 /// `GET /metrics` (admin): Prometheus text.
