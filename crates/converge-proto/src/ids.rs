@@ -136,9 +136,12 @@ impl fmt::Display for ClientId {
 }
 
 /// The user a JWT names (its `sub`): 1 to [`MAX_USER_ID_BYTES`] bytes of UTF-8.
+///
+/// Shared, not copied: a server keeps a user's id in the session, the online users, the
+/// directory and every push's author, and a clone is a reference count.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct UserId(String);
+pub struct UserId(std::sync::Arc<str>);
 
 impl UserId {
     /// Checks the length and wraps the id.
@@ -147,7 +150,7 @@ impl UserId {
         if id.is_empty() || id.len() > MAX_USER_ID_BYTES {
             return Err(IdError::UserIdLength { got: id.len() });
         }
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     /// The id as text.
@@ -158,7 +161,7 @@ impl UserId {
     /// The user the server writes as: the author of the changes mutators make on the server.
     /// Reserved: the auth layer refuses a token whose `sub` is this id.
     pub fn server() -> Self {
-        Self(Self::SERVER.to_string())
+        Self(Self::SERVER.into())
     }
 
     /// The text of [`UserId::server`].
@@ -174,7 +177,7 @@ impl TryFrom<String> for UserId {
 
 impl From<UserId> for String {
     fn from(value: UserId) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 

@@ -813,7 +813,7 @@ impl Hub {
             .get_mut(&session)
             .and_then(|s| s.upgrade_token.take());
         let token = token.or(upgrade.as_deref());
-        let identity = match self.auth.authenticate(token, now_ms) {
+        let mut identity = match self.auth.authenticate(token, now_ms) {
             Ok(i) => i,
             Err(e) => {
                 self.error(session, e.code, &e.message, None);
@@ -821,6 +821,9 @@ impl Hub {
                 return;
             }
         };
+        // Kept for the session's life: a decoded list has room for more than it holds.
+        identity.roles.shrink_to_fit();
+        identity.grants.shrink_to_fit();
         let welcome = ServerMsg::Welcome {
             session,
             user: identity.user.clone(),
