@@ -102,20 +102,45 @@ async fn run(
                 match taken {
                     Taken::Items => {}
                     Taken::Kill(code, reason) => {
-                        Box::pin(close(&mut sink, code, reason)).await;
+                        Box::pin(close_briefly(&mut sink, code, reason)).await;
                         break;
                     }
                     Taken::End => break,
                 }
                 // Boxed: a write's futures would otherwise take room in every idle
                 // connection's future; the box is one allocation per burst.
-                if !Box::pin(write(&mut sink, &mut batch)).await {
+                if !Box::pin(write_unless_killed(&mut sink, &mut batch, &outbox)).await {
                     break;
                 }
             }
         }
     }
     to_hub(&hub, HubEvent::Disconnect { session }).await;
+}
+
+/// How long a killed connection may take to send its close frame: its peer may have stopped
+/// reading, so the socket may take nothing more.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the batch, unless the hub kills the connection first: a peer that stopped reading
+/// leaves the write pending forever, and only the kill (its queue is full) ends it.
+async fn write_unless_killed(
+    sink: &mut Sink,
+    batch: &mut VecDeque<ConnOut>,
+    outbox: &Outbox,
+) -> bool {
+    let (code, reason) = tokio::select! {
+        ok = write(sink, batch) => return ok,
+        kill = outbox.killed() => kill,
+    };
+    close_briefly(sink, code, reason).await;
+    false
+}
+
+/// Sends a close frame if the socket takes it within [`CLOSE_WAIT`]; the connection ends
+/// either way.
+async fn close_briefly(sink: &mut Sink, code: converge_proto::CloseCode, reason: String) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, close(sink, code, reason)).await;
 }
 
 /// Sends everything waiting, in one write where the socket takes it. False when the

@@ -85,6 +85,19 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// Waits for a kill, for a reader busy writing what it took: a peer that stopped reading
+    /// leaves that write pending forever, and the kill is what ends it. Wakes on pushes too
+    /// (they share the notification) and goes back to waiting; the queue's own state is
+    /// checked by `take` before it waits, so no push is missed.
+    pub(crate) async fn killed(&self) -> (CloseCode, String) {
+        loop {
+            if let Some(kill) = self.lock().kill.take() {
+                return kill;
+            }
+            self.ready.notified().await;
+        }
+    }
+
     /// No more items will be queued; the reader gets what waits, then the end.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -154,6 +167,28 @@ mod tests {
         assert_eq!(batch.len(), 1);
         batch.clear();
         assert_eq!(out.take(&mut batch).await, Taken::End);
+    }
+
+    #[tokio::test]
+    async fn a_kill_reaches_a_reader_busy_writing() {
+        let out = std::sync::Arc::new(Outbox::default());
+        let waiter = {
+            let out = out.clone();
+            tokio::spawn(async move { out.killed().await })
+        };
+        tokio::task::yield_now().await;
+        // A push wakes the waiter, which goes back to waiting.
+        out.push(ConnOut::Frame(Bytes::from_static(b"x"))).unwrap();
+        tokio::task::yield_now().await;
+        out.kill(CloseCode::SlowConsumer, "slow".into());
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, (CloseCode::SlowConsumer, "slow".to_string()));
+        // The queued item is still there for take.
+        let mut batch = VecDeque::new();
+        assert_eq!(out.take(&mut batch).await, Taken::Items);
     }
 
     #[tokio::test]

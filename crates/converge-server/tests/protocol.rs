@@ -310,3 +310,91 @@ async fn shutdown_closes_sessions_with_a_code() {
     );
     stop.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_dropped_and_the_others_keep_going() {
+    use automerge::transaction::Transactable;
+    const SECRET: &[u8] = b"slow-consumer-test-secret-32-bytes!!";
+    // This test pushes fast from one connection: only the outbox may stop it.
+    let s = jwt_server(SECRET, |c| {
+        c.hub.messages_per_sec = 1_000_000;
+        c.hub.message_burst = 1_000_000;
+    })
+    .await;
+    let url = s.handle.ws_url();
+    let token = |user: &str| jwt_token(SECRET, user, &["editor"]);
+    let admin = format!("Bearer {}", jwt_token(SECRET, "ops", &["admin"]));
+    let mut reader = hello_with(&url, token("reader")).await;
+    subscribe(&mut reader, DOC, None).await;
+    let mut writer = hello_with(&url, token("writer")).await;
+    subscribe(&mut writer, DOC, None).await;
+    // Connections whose task still runs (the gauge drops when a connection's task ends,
+    // not when the hub forgets its session).
+    let open_connections = || async {
+        let (status, text) =
+            http_raw(&s, "GET", "/metrics", &[("Authorization", &admin)], "").await;
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("converge_connections "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap()
+    };
+    assert_eq!(open_connections().await, 2.0);
+
+    // The reader reads nothing from here on. Enough bytes to fill the socket buffers between
+    // it and the server (loopback autotuning allows ~10 MB), then more frames than its
+    // outbox holds (1,024): the server's write to it stays pending, and the server must drop
+    // it anyway rather than hold it (and up to 1,024 frames) forever.
+    let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(vec![9u8; 16]));
+    let big = "x".repeat(64 * 1024);
+    for i in 0..(300 + 1500) {
+        let value = if i < 300 {
+            format!("{big}{i}")
+        } else {
+            i.to_string()
+        };
+        doc.put(automerge::ROOT, "k", value).unwrap();
+        let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        send(
+            &mut writer,
+            &ClientMsg::Push {
+                doc: DOC,
+                changes: blobs(&[change]),
+            },
+        )
+        .await;
+        match recv(&mut writer).await {
+            ServerMsg::Ack { .. } => {}
+            other => panic!("push {i}: {other:?}"),
+        }
+    }
+    // Dropped while it still reads nothing: its connection's task ends (after at most a
+    // second trying to send the close frame). Only the metric shows it, so it is polled.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while open_connections().await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent reader's connection is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Its socket gives what it held, then ends: a close with the code, or a reset when not
+    // even the close frame fit.
+    let (_, close) = until_close(&mut reader).await;
+    if let Some(c) = close {
+        assert_eq!(u16::from(c.code), CloseCode::SlowConsumer.code());
+    }
+    // The writer is still served.
+    doc.put(automerge::ROOT, "k", "after").unwrap();
+    let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    send(
+        &mut writer,
+        &ClientMsg::Push {
+            doc: DOC,
+            changes: blobs(&[change]),
+        },
+    )
+    .await;
+    assert!(matches!(recv(&mut writer).await, ServerMsg::Ack { .. }));
+    s.handle.shutdown().await.unwrap();
+}
