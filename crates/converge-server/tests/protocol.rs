@@ -313,7 +313,6 @@ async fn shutdown_closes_sessions_with_a_code() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_dropped_and_the_others_keep_going() {
-    use automerge::transaction::Transactable;
     const SECRET: &[u8] = b"slow-consumer-test-secret-32-bytes!!";
     // This test pushes fast from one connection: only the outbox may stop it.
     let s = jwt_server(SECRET, |c| {
@@ -353,20 +352,7 @@ async fn a_reader_that_stops_reading_is_dropped_and_the_others_keep_going() {
         } else {
             i.to_string()
         };
-        doc.put(automerge::ROOT, "k", value).unwrap();
-        let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
-        send(
-            &mut writer,
-            &ClientMsg::Push {
-                doc: DOC,
-                changes: blobs(&[change]),
-            },
-        )
-        .await;
-        match recv(&mut writer).await {
-            ServerMsg::Ack { .. } => {}
-            other => panic!("push {i}: {other:?}"),
-        }
+        put_and_push(&mut writer, &mut doc, value).await;
     }
     // Dropped while it still reads nothing: its connection's task ends (after at most a
     // second trying to send the close frame). Only the metric shows it, so it is polled.
@@ -385,16 +371,25 @@ async fn a_reader_that_stops_reading_is_dropped_and_the_others_keep_going() {
         assert_eq!(u16::from(c.code), CloseCode::SlowConsumer.code());
     }
     // The writer is still served.
-    doc.put(automerge::ROOT, "k", "after").unwrap();
+    put_and_push(&mut writer, &mut doc, "after".into()).await;
+    s.handle.shutdown().await.unwrap();
+}
+
+/// Writes `value` at key "k", pushes the change and waits for its Ack.
+async fn put_and_push(ws: &mut Ws, doc: &mut automerge::AutoCommit, value: String) {
+    use automerge::transaction::Transactable;
+    doc.put(automerge::ROOT, "k", value).unwrap();
     let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
     send(
-        &mut writer,
+        ws,
         &ClientMsg::Push {
             doc: DOC,
             changes: blobs(&[change]),
         },
     )
     .await;
-    assert!(matches!(recv(&mut writer).await, ServerMsg::Ack { .. }));
-    s.handle.shutdown().await.unwrap();
+    match recv(ws).await {
+        ServerMsg::Ack { .. } => {}
+        other => panic!("expected an Ack, got {other:?}"),
+    }
 }

@@ -182,6 +182,9 @@ impl ServerProc {
         } else {
             Command::new(&exe)
         };
+        // A process group of its own: a wrapper (a profiler's script) starts the server as its
+        // child, and ending the bench must end both.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd
             .args(&args)
             .env("CONVERGE_JWT_SECRET", BENCH_SECRET)
@@ -324,6 +327,10 @@ impl ServerProc {
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
+        // The whole group (the server, and a wrapper's children), then the child itself.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
