@@ -46,8 +46,7 @@ impl ChangeInfo {
 /// op ids it claims must be what an automerge writer produces. Checks that need the document's
 /// history (seq, dependencies, actors, op ids already used) are made when it is appended.
 pub(crate) fn inspect_change(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
-    let change = automerge::Change::from_bytes(bytes.to_vec())
-        .map_err(|e| LogError::MalformedChange(e.to_string()))?;
+    let change = decode(bytes)?;
     check_sealed(bytes, &change)?;
     check_op_ids(&change)?;
     Ok(ChangeInfo::of(&change))
@@ -55,16 +54,19 @@ pub(crate) fn inspect_change(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
 
 /// Decodes a change the log already holds, for its index: it was checked when appended.
 pub(crate) fn decode_logged(bytes: &[u8]) -> Result<ChangeInfo, LogError> {
-    let change = automerge::Change::from_bytes(bytes.to_vec())
-        .map_err(|e| LogError::MalformedChange(e.to_string()))?;
-    Ok(ChangeInfo::of(&change))
+    Ok(ChangeInfo::of(&decode(bytes)?))
+}
+
+fn decode(bytes: &[u8]) -> Result<automerge::Change, LogError> {
+    automerge::Change::from_bytes(bytes.to_vec())
+        .map_err(|e| LogError::MalformedChange(e.to_string()))
 }
 
 /// A chunk's header holds the first four bytes of its hash (magic, checksum, type, length,
 /// body); automerge checks it only when loading a document, so a change with flipped bits
 /// decodes as a different, unsealed change. A compressed chunk carries the checksum of the
 /// change it compresses, so the same comparison holds for both.
-pub(crate) fn check_sealed(bytes: &[u8], change: &automerge::Change) -> Result<(), LogError> {
+fn check_sealed(bytes: &[u8], change: &automerge::Change) -> Result<(), LogError> {
     let stored = bytes.get(4..8);
     if stored != Some(&change.hash().0[..4]) {
         return Err(LogError::MalformedChange(format!(

@@ -58,6 +58,15 @@ fn new_log(b: &Backend) -> Arc<converge_log::Log> {
     log
 }
 
+/// Appends one entry to `DOC` and waits until it is durable.
+fn append_durably(log: &converge_log::Log, entry: NewEntry) {
+    log.append(&DOC, vec![entry])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+}
+
 fn appends_get_dense_seqs_and_a_chain(b: Backend) {
     let log = new_log(&b);
     let alice = user("alice");
@@ -288,11 +297,7 @@ fn forged_op_ids_are_refused_and_nothing_written(b: Backend) {
     let alice = user("alice");
     let mut w = Writer::new(1);
     let first = w.put("a", 1);
-    log.append(&DOC, vec![change_entry(&alice, first.clone())])
-        .unwrap()
-        .durable
-        .wait()
-        .unwrap();
+    append_durably(&log, change_entry(&alice, first.clone()));
     // The actor's next seq, but its op ids start where the first change's did: two ops
     // would share the id 1@actor.
     let reused = forge(&first, |c| c.seq = 2);
@@ -319,11 +324,7 @@ fn forged_op_ids_are_refused_and_nothing_written(b: Backend) {
     let log = b.open(LogConfig::default());
     refuse(&log);
     for i in 0..20 {
-        log.append(&DOC, vec![change_entry(&alice, w.put("a", i + 2))])
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durably(&log, change_entry(&alice, w.put("a", i + 2)));
     }
     drop(log);
     let log = b.open(LogConfig::default());
@@ -850,11 +851,7 @@ fn causality_checks_refuse_and_write_nothing(b: Backend) {
     let alice = user("alice");
     let mut a = Writer::new(1);
     let c1 = a.put("k", 1);
-    log.append(&DOC, vec![change_entry(&alice, c1.clone())])
-        .unwrap()
-        .durable
-        .wait()
-        .unwrap();
+    append_durably(&log, change_entry(&alice, c1.clone()));
     let before = log.head(&DOC).unwrap();
 
     // A skipped per-actor seq.

@@ -18,11 +18,6 @@ use crate::hub_task::ConnOut;
 /// Frames queued per connection before it counts as a slow consumer.
 pub(crate) const OUTBOX: usize = 1024;
 
-/// Capacity a drained batch may keep: none. An idle connection holds no queue memory (a
-/// burst's buffers cost ~300 bytes per connection, measured on `converge bench idle`); the
-/// price is one allocation when the next burst starts.
-const KEEP: usize = 0;
-
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
@@ -108,9 +103,11 @@ impl Outbox {
     /// or the connection is killed, or the queue is closed and drained. Cancel-safe: nothing
     /// is taken unless it returns.
     pub(crate) async fn take(&self, batch: &mut VecDeque<ConnOut>) -> Taken {
-        if batch.capacity() > KEEP {
-            *batch = VecDeque::new();
-        }
+        // The drained batch keeps no capacity, and the queue only ever gets it back empty by
+        // the swap below: an idle connection holds no queue memory (a burst's buffers cost
+        // ~300 bytes per connection, measured on `converge bench idle`); the price is one
+        // allocation when the next burst starts.
+        *batch = VecDeque::new();
         loop {
             {
                 let mut st = self.lock();
@@ -123,10 +120,6 @@ impl Outbox {
                 }
                 if st.closed {
                     return Taken::End;
-                }
-                // Give back what a burst left behind while nothing waits.
-                if st.queue.capacity() > KEEP {
-                    st.queue = VecDeque::new();
                 }
             }
             // notify_one keeps a permit when nobody waits yet, so a push between the check
