@@ -20,6 +20,24 @@ pub(crate) struct RateLimit {
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// How long until the connection may send again, if this message is over its rate.
+fn over_rate(limiter: Option<&Limiter>) -> Option<std::time::Duration> {
+    use governor::clock::Clock;
+    let limiter = limiter?;
+    let not_until = limiter.check().err()?;
+    Some(not_until.wait_time_from(limiter.clock().now()))
+}
+
+/// Completes when the pause (if any) is over.
+async fn resume(pause: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match pause {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a connection until either side closes it.
 ///
 /// The connection's future is most of an idle connection's memory, so it is kept small: the
@@ -48,6 +66,8 @@ async fn run(
         .map(|(q, b)| q.allow_burst(b));
     let limiter = quota.map(governor::RateLimiter::direct);
     let mut told: Option<tokio::time::Instant> = None;
+    // Boxed: a timer is large, and only a connection over its rate has one.
+    let mut pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let outbox = Arc::new(Outbox::default());
     let mut batch: VecDeque<ConnOut> = VecDeque::new();
     let (reply, session) = oneshot::channel();
@@ -63,15 +83,20 @@ async fn run(
     let mut reading = true;
     loop {
         tokio::select! {
-            msg = stream.next(), if reading => match msg {
+            () = resume(&mut pause), if pause.is_some() => pause = None,
+            msg = stream.next(), if reading && pause.is_none() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
-                    if limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+                    if let Some(wait) = over_rate(limiter.as_ref()) {
                         // Dropped here; the hub tells the client at most once a second.
                         let now = tokio::time::Instant::now();
                         if told.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
                             told = Some(now);
                             to_hub(&hub, HubEvent::RateLimited { session }).await;
                         }
+                        // Nothing more is read until the budget allows a message: the flood
+                        // waits in the kernel's buffers and TCP pushes back on the sender, so
+                        // a flooding peer costs a read per refill, not one per frame it sends.
+                        pause = Some(Box::pin(tokio::time::sleep(wait)));
                         continue;
                     }
                     if !to_hub(&hub, HubEvent::Frame { session, bytes }).await {
