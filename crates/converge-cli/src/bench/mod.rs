@@ -16,6 +16,7 @@ use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc};
 use converge_proto::{Blob, ClientMsg, DocId, ServerMsg};
 use futures_util::StreamExt;
 
+mod flood;
 mod ops;
 mod wire;
 
@@ -24,7 +25,7 @@ use wire::{ServerProc, connect, drain, keepalive, settle, subscribe};
 /// What `converge bench` runs.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// fanout, trace, join, catchup, idle, mutate, lock, presence, notify, or all.
+    /// fanout, trace, join, catchup, idle, mutate, lock, presence, notify, flood, or all.
     #[arg(default_value = "all")]
     scenario: String,
     /// Reader counts for the fan-out scenario.
@@ -64,6 +65,9 @@ pub(crate) struct BenchArgs {
     /// Users online that one notification reaches.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     notified: Vec<usize>,
+    /// Round trips the calm connection times before and during the flood (one every 4 ms).
+    #[arg(long, default_value_t = 500)]
+    round_trips: u64,
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -116,9 +120,13 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             ran = true;
         }
+        if all || args.scenario == "flood" {
+            flood::flood(args.round_trips).await?;
+            ran = true;
+        }
         if !ran {
             bail!(
-                "unknown scenario {:?}: fanout, trace, join, catchup, idle, mutate, lock, presence, notify or all",
+                "unknown scenario {:?}: fanout, trace, join, catchup, idle, mutate, lock, presence, notify, flood or all",
                 args.scenario
             );
         }
