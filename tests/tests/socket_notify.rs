@@ -160,16 +160,23 @@ async fn a_role_notification_reaches_members_and_mark_read_converges_across_devi
         matches!(outcome, converge_client::MutationOutcome::Applied { .. }),
         "{outcome:?}"
     );
-    // The outcome can arrive before the change it made reaches the phone's own replica:
-    // wait for the read mark on both.
-    for h in [&laptop_inbox, &phone_inbox] {
-        until_doc(h, "the read mark", |i| {
-            i.notifications
-                .get(&id)
-                .is_some_and(|n| n.read_at.is_some())
-        })
-        .await?;
-    }
+    // The outcome can arrive before the change it made reaches the phone's own replica,
+    // which meanwhile shows its optimistic mark (the phone's clock, not the server's): wait
+    // for the server's mark on the laptop, then for the phone to hold the same one.
+    until_doc(&laptop_inbox, "the read mark", |i| {
+        i.notifications
+            .get(&id)
+            .is_some_and(|n| n.read_at.is_some())
+    })
+    .await?;
+    let read_at = inbox(&laptop_inbox)
+        .notifications
+        .get(&id)
+        .and_then(|n| n.read_at);
+    until_doc(&phone_inbox, "the server's read mark", |i| {
+        i.notifications.get(&id).and_then(|n| n.read_at) == read_at
+    })
+    .await?;
     anyhow::ensure!(inbox(&laptop_inbox) == inbox(&phone_inbox));
     anyhow::ensure!(inbox(&laptop_inbox).unread_counts().total() == 0);
 
