@@ -7,7 +7,8 @@ use converge_proto::{DocId, ErrorCode, UserId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: UserId,
-    pub roles: Vec<String>,
+    /// Shared: the hub keeps one copy of each distinct set for all its sessions.
+    pub roles: std::sync::Arc<[String]>,
     /// When the credential stops being valid (server time, ms), if it does.
     pub expires_at_ms: Option<u64>,
     /// Per-document grants (document, role), on top of `roles`.
@@ -57,7 +58,7 @@ impl Authenticator for DevAuthenticator {
             })?;
         Ok(Identity {
             user,
-            roles: vec!["editor".into()],
+            roles: ["editor".to_string()].into(),
             expires_at_ms: None,
             grants: Vec::new(),
         })

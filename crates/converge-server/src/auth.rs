@@ -260,7 +260,7 @@ impl Authenticator for JwtAuthenticator {
         }
         Ok(Identity {
             user,
-            roles: claims.roles,
+            roles: claims.roles.into(),
             // The same leeway as the check above, or a token accepted within it would end
             // its session at the next tick.
             expires_at_ms: Some(

@@ -198,7 +198,7 @@ fn delivery_client(user: &UserId, id: &str) -> ClientId {
 fn server_identity() -> Identity {
     Identity {
         user: UserId::server(),
-        roles: Vec::new(),
+        roles: std::sync::Arc::from([]),
         expires_at_ms: None,
         grants: Vec::new(),
     }

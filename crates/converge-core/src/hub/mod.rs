@@ -271,8 +271,15 @@ pub struct HubStats {
 
 #[derive(Debug)]
 enum Handshake {
-    AwaitingHello { since_ms: u64 },
-    Ready { identity: Identity },
+    /// `upgrade_token`: the token the WebSocket upgrade carried (`Authorization: Bearer`),
+    /// used when `Hello` has none.
+    AwaitingHello {
+        since_ms: u64,
+        upgrade_token: Option<String>,
+    },
+    Ready {
+        identity: Identity,
+    },
 }
 
 #[derive(Debug)]
@@ -294,9 +301,6 @@ struct Session {
     /// When this session was last told it is rate limited (told at most once a second,
     /// except for pushes and mutations, which the client must know to send again).
     limited_told_ms: Option<u64>,
-    /// The token the WebSocket upgrade carried (`Authorization: Bearer`), used when `Hello`
-    /// has none.
-    upgrade_token: Option<String>,
     last_seen_ms: u64,
     closed: bool,
 }
@@ -320,14 +324,19 @@ enum Item {
     Frame(Bytes),
 }
 
+/// A subscription. Boxed while catching up, so the per-document map's slot (one per
+/// subscriber, most of them live and idle) is a pointer, not the queue.
 #[derive(Debug)]
 enum Sub {
     /// Waiting for a catch-up; items released meanwhile are queued here.
-    CatchingUp {
-        ticket: Ticket,
-        queued: Vec<Item>,
-    },
+    CatchingUp(Box<CatchUp>),
     Live,
+}
+
+#[derive(Debug)]
+struct CatchUp {
+    ticket: Ticket,
+    queued: Vec<Item>,
 }
 
 #[derive(Debug, Default)]
@@ -470,13 +479,15 @@ impl Hub {
         self.sessions.insert(
             id,
             Box::new(Session {
-                handshake: Handshake::AwaitingHello { since_ms: now_ms },
+                handshake: Handshake::AwaitingHello {
+                    since_ms: now_ms,
+                    upgrade_token: token,
+                },
                 client: None,
                 docs: DocSet::default(),
                 reconciling: DocCounts::default(),
                 pushes_in_flight: DocCounts::default(),
                 mutations_in_flight: DocCounts::default(),
-                upgrade_token: token,
                 messages: crate::Bucket::full(self.message_rate(), now_ms),
                 publishes: crate::Bucket::full(self.config.publish_rate, now_ms),
                 limited_told_ms: None,
@@ -624,7 +635,7 @@ impl Hub {
                 continue;
             }
             match s.handshake {
-                Handshake::AwaitingHello { since_ms }
+                Handshake::AwaitingHello { since_ms, .. }
                     if now_ms.saturating_sub(since_ms) > self.config.hello_timeout_ms =>
                 {
                     expired.push((*id, CloseCode::HelloTimeout));
@@ -808,10 +819,10 @@ impl Hub {
             );
             return;
         }
-        let upgrade = self
-            .sessions
-            .get_mut(&session)
-            .and_then(|s| s.upgrade_token.take());
+        let upgrade = match self.sessions.get_mut(&session).map(|s| &mut s.handshake) {
+            Some(Handshake::AwaitingHello { upgrade_token, .. }) => upgrade_token.take(),
+            _ => None,
+        };
         let token = token.or(upgrade.as_deref());
         let mut identity = match self.auth.authenticate(token, now_ms) {
             Ok(i) => i,
@@ -821,13 +832,14 @@ impl Hub {
                 return;
             }
         };
-        // Kept for the session's life: a decoded list has room for more than it holds.
-        identity.roles.shrink_to_fit();
+        // Kept for the session's life: one shared copy of the roles, and a decoded list has
+        // room for more than it holds.
+        identity.roles = self.shared_roles(identity.roles);
         identity.grants.shrink_to_fit();
         let welcome = ServerMsg::Welcome {
             session,
             user: identity.user.clone(),
-            roles: identity.roles.clone(),
+            roles: identity.roles.to_vec(),
             server_time_ms: now_ms,
             heartbeat_ms: self.config.heartbeat_ms,
             limits: self.config.limits.clone(),
@@ -846,7 +858,7 @@ impl Hub {
     /// A refused token changes nothing (the session ends when the old one expires); a token
     /// for another user ends the session.
     fn reauth(&mut self, session: SessionId, token: &str, now_ms: u64) {
-        let identity = match self.auth.authenticate(Some(token), now_ms) {
+        let mut identity = match self.auth.authenticate(Some(token), now_ms) {
             Ok(i) => i,
             Err(e) => {
                 self.error(session, e.code, &e.message, None);
@@ -870,7 +882,15 @@ impl Hub {
             self.close(session, CloseCode::Revoked, "Reauth for another user");
             return;
         }
-        *current = identity.clone();
+        identity.roles = self.shared_roles(identity.roles);
+        identity.grants.shrink_to_fit();
+        if let Some(Session {
+            handshake: Handshake::Ready { identity: current },
+            ..
+        }) = self.sessions.get_mut(&session).map(|s| &mut **s)
+        {
+            *current = identity.clone();
+        }
         self.note_roles(&identity);
     }
 
@@ -906,7 +926,8 @@ impl Hub {
         let ticket = self.ticket();
         let d = self.docs.entry(doc).or_default();
         let carried: Vec<Item> = match d.subs.remove(&session) {
-            Some(Sub::CatchingUp { queued, .. }) => queued
+            Some(Sub::CatchingUp(c)) => c
+                .queued
                 .into_iter()
                 .filter(|i| !matches!(i, Item::Changes { .. }))
                 .collect(),
@@ -914,10 +935,10 @@ impl Hub {
         };
         d.subs.insert(
             session,
-            Sub::CatchingUp {
+            Sub::CatchingUp(Box::new(CatchUp {
                 ticket,
                 queued: carried,
-            },
+            })),
         );
         self.pending
             .insert(ticket, Pending::Catchup { doc, session });
@@ -1310,7 +1331,7 @@ impl Hub {
             return;
         };
         match sub {
-            Sub::CatchingUp { queued, .. } => queued.push(item),
+            Sub::CatchingUp(c) => c.queued.push(item),
             Sub::Live => self.send_item(doc, session, item),
         }
     }
@@ -1333,7 +1354,7 @@ impl Hub {
             .get_mut(&doc)
             .and_then(|d| d.subs.get_mut(&session))
         {
-            Some(Sub::CatchingUp { ticket: t, queued }) if *t == ticket => std::mem::take(queued),
+            Some(Sub::CatchingUp(c)) if c.ticket == ticket => std::mem::take(&mut c.queued),
             _ => return,
         };
         let catchup = match result {

@@ -84,6 +84,13 @@ pub(super) struct UserState {
     pub(super) publishes: Bucket,
 }
 
+/// Whether the log's directory can keep this set of roles (at most 64 names of at most 256
+/// bytes): a token beyond that is not recorded, in memory either, so both agree across
+/// restarts.
+fn storable(roles: &[String]) -> bool {
+    roles.len() <= 64 && roles.iter().all(|r| r.len() <= MAX_NAME_BYTES)
+}
+
 impl Hub {
     /// Fills the directory of users seen (at start, from the log). Users saying Hello later
     /// are added as they come, each one reported once as [`Output::RecordUser`].
@@ -102,6 +109,20 @@ impl Hub {
         let set: std::sync::Arc<[String]> = roles.into();
         self.role_sets.insert(set.clone());
         set
+    }
+
+    /// The shared copy of a session's roles (when the directory could keep them: at most 64
+    /// names of at most 256 bytes; other sets stay the session's own, so the interned sets
+    /// stay bounded by what the directory holds).
+    pub(super) fn shared_roles(
+        &mut self,
+        roles: std::sync::Arc<[String]>,
+    ) -> std::sync::Arc<[String]> {
+        if storable(&roles) {
+            self.intern_roles(&roles)
+        } else {
+            roles
+        }
     }
 
     /// A session finished its handshake: counted against its user's connection limit, and
@@ -147,16 +168,14 @@ impl Hub {
     pub(super) fn note_roles(&mut self, identity: &Identity) {
         // The log keeps at most 64 roles of at most 256 bytes per user: a token beyond that
         // is not recorded (in memory either, so both agree across restarts).
-        let storable =
-            identity.roles.len() <= 64 && identity.roles.iter().all(|r| r.len() <= MAX_NAME_BYTES);
-        if storable
+        if storable(&identity.roles)
             && self.directory.get(&identity.user).map(|r| &r[..]) != Some(&identity.roles[..])
         {
             let roles = self.intern_roles(&identity.roles);
             self.directory.insert(identity.user.clone(), roles);
             self.out.push_back(Output::RecordUser {
                 user: identity.user.clone(),
-                roles: identity.roles.clone(),
+                roles: identity.roles.to_vec(),
             });
         }
     }
@@ -174,7 +193,7 @@ impl Hub {
             if let Handshake::Ready { identity } = &s.handshake
                 && !s.closed
             {
-                for role in &identity.roles {
+                for role in identity.roles.iter() {
                     *rooms
                         .entry(Room::Role(role.clone()).to_string())
                         .or_insert(0) += 1;
