@@ -40,6 +40,13 @@ pub(crate) struct LimitArgs {
     /// (default 20, burst twice that).
     #[arg(long, env = "CONVERGE_HTTP_WRITES_PER_SEC")]
     http_writes_per_sec: Option<u32>,
+    /// Connections at once that have not upgraded to a WebSocket (default 4096); one over
+    /// it is closed at once.
+    #[arg(long, env = "CONVERGE_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
+    /// Seconds a request's head may take to arrive (default 10).
+    #[arg(long, env = "CONVERGE_HTTP_HEADER_TIMEOUT_SECS")]
+    http_header_timeout_secs: Option<u64>,
 }
 
 /// A rate with a burst of twice the rate (at least 1).
@@ -86,6 +93,12 @@ impl LimitArgs {
         }
         if let Some(n) = self.http_writes_per_sec {
             c.http_writes_per_sec = n.max(1);
+        }
+        if let Some(n) = self.max_http_connections {
+            c.max_http_connections = n.max(1);
+        }
+        if let Some(secs) = self.http_header_timeout_secs {
+            c.http_header_timeout = std::time::Duration::from_secs(secs.max(1));
         }
     }
 }

@@ -37,6 +37,12 @@ pub struct ServerConfig {
     /// with a burst of twice that; beyond it the answer is 429 `RateLimited`. Each such
     /// write is a log record, so it is bounded like a connection's messages.
     pub http_writes_per_sec: u32,
+    /// Connections at once that have not upgraded to a WebSocket (request head not yet
+    /// read, or an HTTP API request in progress); a connection over this is closed at once.
+    pub max_http_connections: usize,
+    /// How long a request's head may take to arrive before the connection is closed (a
+    /// peer that connects and sends nothing, or trickles its headers).
+    pub http_header_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +58,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::Dev,
             inbox_retention: converge_schema::Retention::default(),
             http_writes_per_sec: 20,
+            max_http_connections: 4096,
+            http_header_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod accept;
 pub mod auth;
 mod config;
 mod connection;

@@ -189,6 +189,10 @@ pub async fn start_with_log(
     let mut config = config;
     converge_schema::register_inbox(&mut config.mutators);
     let config_writes = config.http_writes_per_sec;
+    let accept = crate::accept::AcceptLimits {
+        max_pending: config.max_http_connections,
+        header_timeout: config.http_header_timeout,
+    };
     let exec = LogExecutor::new(log.clone()).with_mutators(config.mutators.clone());
     let store = exec.store().clone();
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -209,19 +213,8 @@ pub async fn start_with_log(
     let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        // Small frames (acks, results, presence) go out at once: with Nagle's algorithm a
-        // second frame waits for the peer's delayed ACK, ~40 ms on Linux.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()))
+        crate::accept::serve(listener, app, accept, stop_rx).await;
+        Ok(())
     });
     tracing::info!(%addr, "converge listening");
     Ok(ServerHandle {
