@@ -32,6 +32,7 @@ conformance!(
     actor_owned_by_another_user_is_refused,
     malformed_change_is_refused_and_nothing_written,
     unsealed_change_is_refused,
+    compressed_changes_are_accepted,
     forged_op_ids_are_refused_and_nothing_written,
     oversize_change_is_refused,
     empty_and_oversize_batches_are_refused,
@@ -290,6 +291,44 @@ fn unsealed_change_is_refused(b: Backend) {
     assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
     log.append(&DOC, vec![change_entry(&user("a"), good)])
         .unwrap();
+}
+
+/// Other automerge clients send `Change::bytes()`, deflated above 256 bytes (chunk type 2):
+/// the log takes them (checksum, op ids and index as for raw ones), and they materialize.
+fn compressed_changes_are_accepted(b: Backend) {
+    let log = new_log(&b);
+    let alice = user("alice");
+    let mut w = Writer::new(1);
+    let compressed = |w: &mut Writer, text: &str| {
+        use automerge::transaction::Transactable;
+        w.doc
+            .put(automerge::ROOT, "note", text.repeat(100))
+            .unwrap();
+        w.doc.commit();
+        let mut change = w.doc.get_last_local_change().unwrap().clone();
+        let bytes = change.bytes().to_vec();
+        assert_eq!(bytes.get(8), Some(&2), "not a compressed chunk");
+        assert!(bytes.len() < change.raw_bytes().len());
+        bytes
+    };
+    let first = compressed(&mut w, "first ");
+    let second = compressed(&mut w, "second ");
+    append_durably(&log, change_entry(&alice, first.clone()));
+    append_durably(&log, change_entry(&alice, second));
+    // The same change again, compressed: already logged.
+    let again = log.append(&DOC, vec![change_entry(&alice, first)]).unwrap();
+    again.durable.wait().unwrap();
+    assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(2));
+    let mut replica = automerge::AutoCommit::new();
+    for e in log.read(&DOC, Seq(1), 10).unwrap() {
+        let EntryKind::Change(bytes) = e.kind else {
+            panic!("not a change: {e:?}")
+        };
+        replica
+            .apply_changes([automerge::Change::from_bytes(bytes).unwrap()])
+            .unwrap();
+    }
+    assert_eq!(replica.get_heads(), w.doc.get_heads());
 }
 
 fn forged_op_ids_are_refused_and_nothing_written(b: Backend) {

@@ -376,6 +376,61 @@ async fn a_reader_that_stops_reading_is_dropped_and_the_others_keep_going() {
 }
 
 /// Writes `value` at key "k", pushes the change and waits for its Ack.
+/// Automerge clients other than ours (automerge-repo, the JS package) send `Change::bytes()`,
+/// which deflates a change over 256 bytes (chunk type 2): the server takes it like a raw one,
+/// and every subscriber can apply what it fans out.
+#[tokio::test]
+async fn compressed_changes_are_taken_and_fanned_out() {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    let s = server().await;
+    let url = s.handle.ws_url();
+    let mut a = hello(&url, "alice").await;
+    let mut b = hello(&url, "bob").await;
+    subscribe(&mut a, DOC, None).await;
+    subscribe(&mut b, DOC, None).await;
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "note", "a long note ".repeat(50))
+        .unwrap();
+    let mut change = doc.get_last_local_change().unwrap().clone();
+    let compressed = change.bytes().to_vec();
+    assert_eq!(compressed.get(8), Some(&2), "not a compressed chunk");
+    doc.put(automerge::ROOT, "k", 1).unwrap();
+    let raw = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    send(
+        &mut a,
+        &ClientMsg::Push {
+            doc: DOC,
+            changes: blobs(&[compressed, raw]),
+        },
+    )
+    .await;
+    match recv(&mut a).await {
+        ServerMsg::Ack { new, .. } => assert_eq!(new, Some((Seq(1), Seq(2)))),
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+    let ServerMsg::Changes { changes, .. } = recv(&mut b).await else {
+        panic!("no fan-out")
+    };
+    let mut replica = automerge::AutoCommit::new();
+    for c in changes {
+        replica
+            .apply_changes([automerge::Change::from_bytes(c.0).unwrap()])
+            .unwrap();
+    }
+    assert_eq!(replica.get_heads(), doc.get_heads());
+    assert_eq!(
+        replica
+            .get(automerge::ROOT, "note")
+            .unwrap()
+            .map(|(v, _)| v.to_string()),
+        doc.get(automerge::ROOT, "note")
+            .unwrap()
+            .map(|(v, _)| v.to_string())
+    );
+    s.handle.shutdown().await.unwrap();
+}
+
 async fn put_and_push(ws: &mut Ws, doc: &mut automerge::AutoCommit, value: String) {
     use automerge::transaction::Transactable;
     doc.put(automerge::ROOT, "k", value).unwrap();
