@@ -476,6 +476,19 @@ impl DocStore {
         self.snapshot(id)
     }
 
+    /// Writes a snapshot now when a fresh subscriber would otherwise load a long tail: more
+    /// than `max_entries` entries after the newest snapshot, and change bytes over a quarter
+    /// of its size (so a large document with a short tail is not saved again for every join).
+    /// The background rule ([`EventLog::snapshot_due`]) lets a tail grow to the snapshot's
+    /// size or 64 KiB, thousands of small changes, which a joiner applies one by one.
+    pub fn snapshot_if_tail_over(&self, id: &DocId, max_entries: u64) -> Result<bool, StoreError> {
+        let tail = self.log.tail(id)?;
+        if tail.entries <= max_entries || tail.change_bytes <= tail.snapshot_bytes / 4 {
+            return Ok(false);
+        }
+        self.snapshot(id)
+    }
+
     /// Writes a snapshot of the caught-up document now (if it holds every logged change).
     pub fn snapshot(&self, id: &DocId) -> Result<bool, StoreError> {
         let slot = self.slot(id);

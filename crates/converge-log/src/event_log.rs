@@ -45,6 +45,17 @@ pub struct Snapshot {
     pub bytes: Vec<u8>,
 }
 
+/// The newest snapshot of a stream and what follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// The snapshot's bytes (0 without one).
+    pub snapshot_bytes: u64,
+    /// Entries after the snapshot.
+    pub entries: u64,
+    /// Change bytes in those entries.
+    pub change_bytes: u64,
+}
+
 /// What happened to one entry of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendResult {
@@ -184,6 +195,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Whether a new snapshot is due: the change bytes logged since the last one exceed its size
     /// (the automerge-repo rule, with a floor), or `snapshot_every_entries` entries were logged.
     fn snapshot_due(&self, doc: &DocId) -> Result<bool, LogError>;
+
+    /// What a fresh subscriber would load: the newest snapshot's size and what was logged
+    /// after it (the whole stream when there is none).
+    fn tail(&self, doc: &DocId) -> Result<Tail, LogError>;
 
     /// Drops the entries the newest snapshot covers, durably. Returns how many were dropped.
     /// Entries are deleted, never rewritten; the change-hash index is kept for dedup.

@@ -63,7 +63,7 @@ pub use entry::{
 pub use error::LogError;
 pub use event_log::{
     ActorRecord, AppendResult, Appended, DocHead, DocStats, EventLog, FlushStats, RecordedOutcome,
-    Snapshot,
+    Snapshot, Tail,
 };
 pub use kv::MemStorage;
 pub use log::{Log, LogConfig, MemLog, SledLog};

@@ -1274,6 +1274,17 @@ impl EventLog for Log {
         }))
     }
 
+    fn tail(&self, doc: &DocId) -> Result<crate::Tail, LogError> {
+        let state = self.state(doc)?;
+        let mut st = lock(&state);
+        let (change_bytes, entries) = self.since_snapshot(doc, &mut st)?;
+        Ok(crate::Tail {
+            snapshot_bytes: st.meta.snapshot.as_ref().map_or(0, |s| s.size),
+            entries,
+            change_bytes,
+        })
+    }
+
     fn snapshot_due(&self, doc: &DocId) -> Result<bool, LogError> {
         let state = self.state(doc)?;
         let mut st = lock(&state);

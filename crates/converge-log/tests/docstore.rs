@@ -309,3 +309,50 @@ fn vacuum_gives_back_the_space_of_compacted_entries() {
     assert!(blob.contains("xxx"));
     assert!(converge_log::Log::vacuum(dir.path().join("nope")).is_err());
 }
+
+#[test]
+fn a_long_tail_is_snapshotted_for_a_joiner() {
+    let backend = Backend::mem();
+    let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
+    let me = user("alice");
+    let (id, d) = store
+        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
+        .unwrap();
+    d.wait().unwrap();
+    for i in 0..30 {
+        let (_, a) = store
+            .change(&id, &me, 1, |doc| doc.put(ROOT, "count", i).unwrap())
+            .unwrap();
+        a.unwrap().durable.wait().unwrap();
+    }
+    let tail = store.log().tail(&id).unwrap();
+    assert_eq!((tail.entries, tail.snapshot_bytes), (31, 0));
+    assert!(tail.change_bytes > 0);
+    // Not over the bound: nothing written.
+    assert!(!store.snapshot_if_tail_over(&id, 31).unwrap());
+    assert!(store.log().snapshot(&id).unwrap().is_none());
+    // Over it: a snapshot of everything, and the tail is empty.
+    assert!(store.snapshot_if_tail_over(&id, 10).unwrap());
+    let snap = store.log().snapshot(&id).unwrap().unwrap();
+    assert_eq!(snap.seq, Seq(31));
+    let tail = store.log().tail(&id).unwrap();
+    assert_eq!(tail.entries, 0);
+    assert_eq!(tail.snapshot_bytes, snap.bytes.len() as u64);
+    // Over the entry bound, a snapshot is written only for a tail of over a quarter of the
+    // snapshot's bytes.
+    let (_, a) = store
+        .change(&id, &me, 1, |doc| doc.put(ROOT, "count", 99).unwrap())
+        .unwrap();
+    a.unwrap().durable.wait().unwrap();
+    let tail = store.log().tail(&id).unwrap();
+    assert_eq!(tail.entries, 1);
+    assert_eq!(
+        store.snapshot_if_tail_over(&id, 0).unwrap(),
+        tail.change_bytes > tail.snapshot_bytes / 4
+    );
+    let loaded = automerge::AutoCommit::load(&snap.bytes).unwrap();
+    assert_eq!(
+        loaded.get(ROOT, "count").unwrap().unwrap().0.as_i64(),
+        Some(29)
+    );
+}

@@ -24,6 +24,11 @@ use converge_proto::{
 /// Entries read per page while building a catch-up.
 const PAGE: usize = 4096;
 
+/// A fresh subscriber finding more entries than this after the newest snapshot (and a tail of
+/// over a quarter of its bytes) has a snapshot written in the background for the next ones
+/// (`DocStore::snapshot_if_tail_over`).
+const JOIN_TAIL_ENTRIES: u64 = 1000;
+
 /// The epoch a stream gets when a push creates it.
 pub const FIRST_EPOCH: Epoch = Epoch(1);
 
@@ -502,6 +507,16 @@ impl LogExecutor {
             all.remove(&(session, *doc));
         }
         Ok(step)
+    }
+
+    /// Writes a snapshot when a fresh subscriber would load a long tail after the newest one
+    /// (`DocStore::snapshot_if_tail_over`), so the joiners after it load a short one. The
+    /// hub's shell runs it in the background when a fresh subscriber arrives.
+    pub fn snapshot_for_joiners(&self, doc: &DocId) -> Result<bool, StoreError> {
+        match self.store.snapshot_if_tail_over(doc, JOIN_TAIL_ENTRIES) {
+            Err(StoreError::Log(LogError::UnknownDoc(_))) => Ok(false),
+            other => other,
+        }
     }
 
     /// Writes a snapshot of the document if the log says one is due (materializing it in

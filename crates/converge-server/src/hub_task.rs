@@ -416,7 +416,7 @@ async fn run(
                         *n += wrote;
                         if *n >= SNAPSHOT_CHECK_EVERY && snapshotting.insert(doc) {
                             *n = 0;
-                            snapshot_if_due(&exec, &tx, doc);
+                            snapshot_in_background(&exec, &tx, doc, Rule::Due);
                         }
                     }
                     HubEvent::Reconciled { ticket, result } => hub.handle_reconcile(ticket, result),
@@ -463,7 +463,7 @@ async fn run(
                         {
                             *n = 0;
                             snapshotting.insert(doc);
-                            snapshot_if_due(&exec, &tx, doc);
+                            snapshot_in_background(&exec, &tx, doc, Rule::Due);
                         }
                     }
                     HubEvent::Catchup { ticket, result } => hub.handle_catchup(ticket, result),
@@ -566,7 +566,14 @@ async fn run(
                             reply.send(result.map(|outcome| ExternalDone { outcome, replayed }));
                     }
                 }
-                Output::Catchup { ticket, doc, after } => catchup(&exec, &tx, ticket, doc, after),
+                Output::Catchup { ticket, doc, after } => {
+                    catchup(&exec, &tx, ticket, doc, after);
+                    // A fresh subscriber loads the newest snapshot and all that follows it:
+                    // when that is long, a snapshot written now serves the joiners after it.
+                    if after.is_none() && snapshotting.insert(doc) {
+                        snapshot_in_background(&exec, &tx, doc, Rule::ForJoiners);
+                    }
+                }
                 Output::Reconcile {
                     ticket,
                     doc,
@@ -683,13 +690,26 @@ fn reconcile(
     });
 }
 
-/// Writes a snapshot in the background when the log says one is due, so a fresh subscriber
-/// loads a snapshot and a short tail instead of the whole stream. Off the push path.
-fn snapshot_if_due(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, doc: DocId) {
+/// When a background snapshot is written.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// The log's rule (new change bytes beyond the snapshot's size, or many entries).
+    Due,
+    /// A fresh subscriber arrived and the tail after the newest snapshot is long.
+    ForJoiners,
+}
+
+/// Writes a snapshot in the background when `rule` says so, so a fresh subscriber loads a
+/// snapshot and a short tail instead of the whole stream. Off the push path.
+fn snapshot_in_background(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, doc: DocId, rule: Rule) {
     let exec = exec.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        let result = tokio::task::spawn_blocking(move || exec.snapshot_if_due(&doc)).await;
+        let result = tokio::task::spawn_blocking(move || match rule {
+            Rule::Due => exec.snapshot_if_due(&doc),
+            Rule::ForJoiners => exec.snapshot_for_joiners(&doc),
+        })
+        .await;
         match result {
             Ok(Ok(true)) => tracing::debug!(%doc, "snapshot written"),
             Ok(Ok(false)) => {}
