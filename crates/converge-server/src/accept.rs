@@ -24,8 +24,29 @@ pub(crate) struct AcceptLimits {
     pub(crate) header_timeout: Duration,
 }
 
+/// How long a stopping server lets HTTP requests in progress finish; a connection still in its
+/// HTTP phase after that (a peer still sending its request head) is cut off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Where the connections stand while the server stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Closing {
+    Open,
+    /// Finish the request in progress, then close (idle keep-alive connections close now).
+    Graceful,
+    /// Close now.
+    Now,
+}
+
+/// Completes once the server's closing reaches `stage` (or the server is gone).
+async fn reached(closing: &mut watch::Receiver<Closing>, stage: Closing) {
+    // The guard `wait_for` returns is not Send: dropped here, before any other await.
+    let _ = closing.wait_for(|c| *c >= stage).await.is_ok();
+}
+
 /// Serves `app` on `listener` until `stop` fires; then stops accepting, lets the requests in
-/// progress finish (idle keep-alive connections are closed) and returns.
+/// progress finish for up to [`SHUTDOWN_GRACE`] (idle keep-alive connections are closed at
+/// once, the rest after it) and returns.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -34,7 +55,7 @@ pub(crate) async fn serve(
 ) {
     let max = limits.max_pending.clamp(1, Semaphore::MAX_PERMITS);
     let pending = Arc::new(Semaphore::new(max));
-    let (closing, closing_rx) = watch::channel(false);
+    let (closing, closing_rx) = watch::channel(Closing::Open);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -70,9 +91,13 @@ pub(crate) async fn serve(
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
-                _ = closing.changed() => {
+                () = reached(&mut closing, Closing::Graceful) => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        ended = conn.as_mut() => ended,
+                        // Dropping the connection closes it.
+                        () = reached(&mut closing, Closing::Now) => return,
+                    }
                 }
             };
             if let Err(e) = ended {
@@ -80,7 +105,14 @@ pub(crate) async fn serve(
             }
         });
     }
-    let _ = closing.send(true);
+    let _ = closing.send(Closing::Graceful);
     // Every HTTP-phase connection holds a permit until it ends.
-    let _ = pending.acquire_many(max as u32).await;
+    let all = max as u32;
+    if tokio::time::timeout(SHUTDOWN_GRACE, pending.acquire_many(all))
+        .await
+        .is_err()
+    {
+        let _ = closing.send(Closing::Now);
+        let _ = pending.acquire_many(all).await;
+    }
 }

@@ -119,3 +119,24 @@ async fn connections_over_the_cap_are_closed_at_once_and_websockets_do_not_count
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_silent_connections() {
+    // A head deadline far past the test's wait: only shutdown can end these.
+    let server = start(|c| c.http_header_timeout = Duration::from_secs(600)).await;
+    let addr = server.handle.local_addr();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    // Both accepted (a request on a third connection is answered after them).
+    assert_eq!(healthz(addr).await, "HTTP/1.1 200 OK");
+    tokio::time::timeout(WAIT, server.handle.shutdown())
+        .await
+        .expect("shutdown waited for connections that never sent a request")
+        .unwrap();
+    until_closed(&mut silent).await;
+    until_closed(&mut partial).await;
+}
