@@ -28,7 +28,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,6 +113,9 @@ pub struct DocStore {
     loads: AtomicBool,
     /// Changes that could not be applied, per document (seq, reason); kept for operators.
     quarantine: Mutex<HashMap<DocId, Vec<(Seq, String)>>>,
+    /// The automerge hashes of the quarantined changes that decoded, per document: a change
+    /// waiting for one of them can never be applied, anywhere.
+    quarantined_hashes: Mutex<HashMap<DocId, HashSet<automerge::ChangeHash>>>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +148,7 @@ impl DocStore {
             clock: AtomicU64::new(0),
             loads: AtomicBool::new(false),
             quarantine: Mutex::new(HashMap::new()),
+            quarantined_hashes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -502,9 +506,18 @@ impl DocStore {
             return Ok(false);
         };
         // Changes whose dependencies have not arrived sit in automerge's queue and are not in
-        // `save()`; a snapshot then would not cover its seq, so wait for them.
-        if !loaded.doc.get_missing_deps(&[]).is_empty() {
-            return Ok(false);
+        // `save()`; a snapshot then would not cover its seq, so wait for them. Unless what they
+        // wait for was quarantined: then no replica will ever apply them (every one loads
+        // without them), and waiting would stop this document's snapshots for good.
+        let missing = loaded.doc.get_missing_deps(&[]);
+        if !missing.is_empty() {
+            let quarantined = lock(&self.quarantined_hashes);
+            let hopeless = quarantined
+                .get(id)
+                .is_some_and(|q| missing.iter().all(|h| q.contains(h)));
+            if !hopeless {
+                return Ok(false);
+            }
         }
         let seq = loaded.applied_through;
         if seq == Seq(0) {
@@ -734,15 +747,22 @@ impl DocStore {
             let reason = match Change::from_bytes(bytes) {
                 Err(e) => e.to_string(),
                 Ok(change) => {
+                    let hash = change.hash();
                     let mut trial = doc.clone();
-                    match catch_unwind(AssertUnwindSafe(|| trial.apply_changes([change]))) {
-                        Ok(Ok(())) => {
-                            doc = trial;
-                            continue;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "automerge panicked applying it".to_string(),
-                    }
+                    let failure =
+                        match catch_unwind(AssertUnwindSafe(|| trial.apply_changes([change]))) {
+                            Ok(Ok(())) => {
+                                doc = trial;
+                                continue;
+                            }
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "automerge panicked applying it".to_string(),
+                        };
+                    lock(&self.quarantined_hashes)
+                        .entry(*id)
+                        .or_default()
+                        .insert(hash);
+                    failure
                 }
             };
             tracing::error!(doc = %id, %seq, %reason, "change quarantined");

@@ -356,3 +356,82 @@ fn a_long_tail_is_snapshotted_for_a_joiner() {
         Some(29)
     );
 }
+
+/// Re-encodes a change after `edit` changed its decoded form (a valid checksum, forged ops).
+fn forge(bytes: &[u8], edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+    let mut expanded = automerge::Change::from_bytes(bytes.to_vec())
+        .unwrap()
+        .decode();
+    edit(&mut expanded);
+    expanded.hash = None;
+    automerge::Change::from(expanded).raw_bytes().to_vec()
+}
+
+fn hash_of(bytes: &[u8]) -> automerge::ChangeHash {
+    automerge::Change::from_bytes(bytes.to_vec())
+        .unwrap()
+        .hash()
+}
+
+#[test]
+fn a_quarantined_change_does_not_stop_snapshots() {
+    let backend = Backend::mem();
+    let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
+    let me = user("alice");
+    let (id, d) = store
+        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
+        .unwrap();
+    d.wait().unwrap();
+    let bob = user("bob");
+    let mut remote = Writer::new(7);
+    let base = store.read(&id, |d| d.save()).unwrap();
+    remote.doc.load_incremental(&base).unwrap();
+    let c1 = remote.put("a", 1);
+    // Bob's second change writes into an "object" that is his first change's put (no object
+    // was ever made there): it passes the log's checks, and no replica can apply it.
+    let actor = automerge::ActorId::from(vec![7u8; 16]);
+    let c1_op = automerge::Change::from_bytes(c1.clone())
+        .unwrap()
+        .start_op()
+        .get();
+    let x = forge(&remote.put("b", 2), |c| {
+        c.operations[0].obj =
+            automerge::legacy::ObjectId::Id(automerge::legacy::OpId(c1_op, actor.clone()));
+    });
+    // And a third that builds on it (valid on its own, so it waits for the second forever).
+    let y = forge(&remote.put("c", 3), |c| {
+        c.deps = vec![hash_of(&x)];
+    });
+    for c in [c1, x, y] {
+        store
+            .apply_remote(&id, &bob, 2, vec![c])
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(4));
+    // The document loads without the forged change, and says so.
+    let a = store
+        .read(&id, |d| d.get(ROOT, "a").unwrap().map(|(v, _)| v.as_i64()))
+        .unwrap();
+    assert_eq!(a, Some(Some(1)));
+    assert_eq!(
+        store.quarantined(&id).len(),
+        1,
+        "{:?}",
+        store.quarantined(&id)
+    );
+    // Snapshots go on: the change waiting for the quarantined one can never apply anywhere.
+    assert!(
+        store.snapshot(&id).unwrap(),
+        "no snapshot while a change waits for a quarantined one"
+    );
+    let snap = store.log().snapshot(&id).unwrap().unwrap();
+    assert_eq!(snap.seq, Seq(4));
+    let loaded = automerge::AutoCommit::load(&snap.bytes).unwrap();
+    assert_eq!(
+        loaded.get(ROOT, "a").unwrap().map(|(v, _)| v.as_i64()),
+        Some(Some(1))
+    );
+}
