@@ -112,10 +112,17 @@ pub struct DocStore {
     /// Set when a document is loaded, so the next operation checks the memory budget.
     loads: AtomicBool,
     /// Changes that could not be applied, per document (seq, reason); kept for operators.
-    quarantine: Mutex<HashMap<DocId, Vec<(Seq, String)>>>,
-    /// The automerge hashes of the quarantined changes that decoded, per document: a change
-    /// waiting for one of them can never be applied, anywhere.
-    quarantined_hashes: Mutex<HashMap<DocId, HashSet<automerge::ChangeHash>>>,
+    quarantine: Mutex<HashMap<DocId, Quarantine>>,
+}
+
+/// A document's changes that could not be applied.
+#[derive(Debug, Default)]
+struct Quarantine {
+    /// (log seq, why), in the order they were found.
+    entries: Vec<(Seq, String)>,
+    /// The automerge hashes of those that decoded: a change waiting for one of them can never
+    /// be applied, anywhere.
+    hashes: HashSet<automerge::ChangeHash>,
 }
 
 #[derive(Debug, Default)]
@@ -148,7 +155,6 @@ impl DocStore {
             clock: AtomicU64::new(0),
             loads: AtomicBool::new(false),
             quarantine: Mutex::new(HashMap::new()),
-            quarantined_hashes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -511,10 +517,9 @@ impl DocStore {
         // without them), and waiting would stop this document's snapshots for good.
         let missing = loaded.doc.get_missing_deps(&[]);
         if !missing.is_empty() {
-            let quarantined = lock(&self.quarantined_hashes);
-            let hopeless = quarantined
+            let hopeless = lock(&self.quarantine)
                 .get(id)
-                .is_some_and(|q| missing.iter().all(|h| q.contains(h)));
+                .is_some_and(|q| missing.iter().all(|h| q.hashes.contains(h)));
             if !hopeless {
                 return Ok(false);
             }
@@ -583,7 +588,10 @@ impl DocStore {
 
     /// Log seqs of changes that could not be applied to a document.
     pub fn quarantined(&self, id: &DocId) -> Vec<(Seq, String)> {
-        lock(&self.quarantine).get(id).cloned().unwrap_or_default()
+        lock(&self.quarantine)
+            .get(id)
+            .map(|q| q.entries.clone())
+            .unwrap_or_default()
     }
 
     fn append_changes(
@@ -744,12 +752,12 @@ impl DocStore {
             if self.quarantined(id).iter().any(|(s, _)| *s == seq) {
                 continue;
             }
-            let reason = match Change::from_bytes(bytes) {
-                Err(e) => e.to_string(),
+            let (reason, hash) = match Change::from_bytes(bytes) {
+                Err(e) => (e.to_string(), None),
                 Ok(change) => {
                     let hash = change.hash();
                     let mut trial = doc.clone();
-                    let failure =
+                    let reason =
                         match catch_unwind(AssertUnwindSafe(|| trial.apply_changes([change]))) {
                             Ok(Ok(())) => {
                                 doc = trial;
@@ -758,18 +766,14 @@ impl DocStore {
                             Ok(Err(e)) => e.to_string(),
                             Err(_) => "automerge panicked applying it".to_string(),
                         };
-                    lock(&self.quarantined_hashes)
-                        .entry(*id)
-                        .or_default()
-                        .insert(hash);
-                    failure
+                    (reason, Some(hash))
                 }
             };
             tracing::error!(doc = %id, %seq, %reason, "change quarantined");
-            lock(&self.quarantine)
-                .entry(*id)
-                .or_default()
-                .push((seq, reason));
+            let mut quarantine = lock(&self.quarantine);
+            let q = quarantine.entry(*id).or_default();
+            q.entries.push((seq, reason));
+            q.hashes.extend(hash);
         }
         doc
     }

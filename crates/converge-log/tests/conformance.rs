@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Backend, Writer, change_entry, user};
+use common::{Backend, Writer, change_entry, forge, user};
 use converge_log::{
     AppendResult, Author, Durability, EntryHash, EntryKind, EventLog, LockEvent, LockRecord,
     LogConfig, LogError, MutationOutcome, MutationRecord, NewEntry,
@@ -260,17 +260,6 @@ fn malformed_change_is_refused_and_nothing_written(b: Backend) {
     }
     assert_eq!(log.head(&DOC).unwrap().last_seq, Seq(0));
     assert!(log.read(&DOC, Seq(1), 10).unwrap().is_empty());
-}
-
-/// Re-encodes a change after `edit` changed its decoded form: a forged change that still
-/// decodes and carries a valid checksum.
-fn forge(bytes: &[u8], edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
-    let mut expanded = automerge::Change::from_bytes(bytes.to_vec())
-        .unwrap()
-        .decode();
-    edit(&mut expanded);
-    expanded.hash = None;
-    automerge::Change::from(expanded).raw_bytes().to_vec()
 }
 
 fn unsealed_change_is_refused(b: Backend) {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
-use common::{Backend, Writer, user};
-use converge_log::{DocStore, EventLog, LogConfig, StoreConfig};
+use common::{Backend, Writer, forge, user};
+use converge_log::{Author, DocStore, EventLog, LogConfig, StoreConfig};
 use converge_proto::Seq;
 
 fn title(store: &DocStore, id: &converge_proto::DocId) -> Option<String> {
@@ -19,6 +19,29 @@ fn title(store: &DocStore, id: &converge_proto::DocId) -> Option<String> {
                 .map(|(v, _)| v.as_str().unwrap_or("").to_string())
         })
         .unwrap()
+}
+
+/// A store on a fresh in-memory log holding one document alice created (title "start"),
+/// durably.
+fn store_with_doc() -> (DocStore, converge_proto::DocId, Author) {
+    let store = DocStore::new(
+        Backend::mem().open(LogConfig::default()),
+        StoreConfig::default(),
+    );
+    let me = user("alice");
+    let (id, d) = store
+        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
+        .unwrap();
+    d.wait().unwrap();
+    (store, id, me)
+}
+
+/// Another writer's replica of the document, starting from what the store holds.
+fn replica(store: &DocStore, id: &converge_proto::DocId, actor: u8) -> Writer {
+    let mut remote = Writer::new(actor);
+    let base = store.read(id, |d| d.save()).unwrap();
+    remote.doc.load_incremental(&base).unwrap();
+    remote
 }
 
 #[test]
@@ -62,17 +85,10 @@ fn local_changes_survive_a_restart() {
 
 #[test]
 fn remote_changes_are_logged_at_once_and_applied_lazily_in_one_go() {
-    let backend = Backend::mem();
-    let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
-    let me = user("alice");
-    let (id, _) = store
-        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
-        .unwrap();
-    let mut remote = Writer::new(7);
+    let (store, id, _) = store_with_doc();
     let bob = user("bob");
     // Bob's replica starts from the same document.
-    let base = store.read(&id, |d| d.save()).unwrap();
-    remote.doc.load_incremental(&base).unwrap();
+    let mut remote = replica(&store, &id, 7);
     for i in 0..3 {
         let c = remote.put("count", i);
         store
@@ -312,13 +328,7 @@ fn vacuum_gives_back_the_space_of_compacted_entries() {
 
 #[test]
 fn a_long_tail_is_snapshotted_for_a_joiner() {
-    let backend = Backend::mem();
-    let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
-    let me = user("alice");
-    let (id, d) = store
-        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
-        .unwrap();
-    d.wait().unwrap();
+    let (store, id, me) = store_with_doc();
     for i in 0..30 {
         let (_, a) = store
             .change(&id, &me, 1, |doc| doc.put(ROOT, "count", i).unwrap())
@@ -357,35 +367,11 @@ fn a_long_tail_is_snapshotted_for_a_joiner() {
     );
 }
 
-/// Re-encodes a change after `edit` changed its decoded form (a valid checksum, forged ops).
-fn forge(bytes: &[u8], edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
-    let mut expanded = automerge::Change::from_bytes(bytes.to_vec())
-        .unwrap()
-        .decode();
-    edit(&mut expanded);
-    expanded.hash = None;
-    automerge::Change::from(expanded).raw_bytes().to_vec()
-}
-
-fn hash_of(bytes: &[u8]) -> automerge::ChangeHash {
-    automerge::Change::from_bytes(bytes.to_vec())
-        .unwrap()
-        .hash()
-}
-
 #[test]
 fn a_quarantined_change_does_not_stop_snapshots() {
-    let backend = Backend::mem();
-    let store = DocStore::new(backend.open(LogConfig::default()), StoreConfig::default());
-    let me = user("alice");
-    let (id, d) = store
-        .create(&me, 1, |doc| doc.put(ROOT, "title", "start"))
-        .unwrap();
-    d.wait().unwrap();
+    let (store, id, _) = store_with_doc();
     let bob = user("bob");
-    let mut remote = Writer::new(7);
-    let base = store.read(&id, |d| d.save()).unwrap();
-    remote.doc.load_incremental(&base).unwrap();
+    let mut remote = replica(&store, &id, 7);
     let c1 = remote.put("a", 1);
     // Bob's second change writes into an "object" that is his first change's put (no object
     // was ever made there): it passes the log's checks, and no replica can apply it.
@@ -400,7 +386,7 @@ fn a_quarantined_change_does_not_stop_snapshots() {
     });
     // And a third that builds on it (valid on its own, so it waits for the second forever).
     let y = forge(&remote.put("c", 3), |c| {
-        c.deps = vec![hash_of(&x)];
+        c.deps = vec![automerge::Change::from_bytes(x.clone()).unwrap().hash()];
     });
     for c in [c1, x, y] {
         store

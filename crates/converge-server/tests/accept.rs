@@ -106,15 +106,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_websockets_do_not_count
     // A place frees when a connection ends (once the server has seen it end).
     drop(first);
     let deadline = Instant::now() + WAIT;
-    loop {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let got = until_closed(&mut tcp).await;
-        if got.starts_with(b"HTTP/1.1 200") {
-            break;
-        }
+    while healthz(addr).await != "HTTP/1.1 200 OK" {
         assert!(Instant::now() < deadline, "no place freed");
         tokio::task::yield_now().await;
     }

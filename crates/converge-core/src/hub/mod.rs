@@ -824,18 +824,14 @@ impl Hub {
             _ => None,
         };
         let token = token.or(upgrade.as_deref());
-        let mut identity = match self.auth.authenticate(token, now_ms) {
-            Ok(i) => i,
+        let identity = match self.auth.authenticate(token, now_ms) {
+            Ok(i) => self.kept(i),
             Err(e) => {
                 self.error(session, e.code, &e.message, None);
                 self.close(session, CloseCode::Unauthorized, &e.message);
                 return;
             }
         };
-        // Kept for the session's life: one shared copy of the roles, and a decoded list has
-        // room for more than it holds.
-        identity.roles = self.shared_roles(identity.roles);
-        identity.grants.shrink_to_fit();
         let welcome = ServerMsg::Welcome {
             session,
             user: identity.user.clone(),
@@ -858,8 +854,8 @@ impl Hub {
     /// A refused token changes nothing (the session ends when the old one expires); a token
     /// for another user ends the session.
     fn reauth(&mut self, session: SessionId, token: &str, now_ms: u64) {
-        let mut identity = match self.auth.authenticate(Some(token), now_ms) {
-            Ok(i) => i,
+        let identity = match self.auth.authenticate(Some(token), now_ms) {
+            Ok(i) => self.kept(i),
             Err(e) => {
                 self.error(session, e.code, &e.message, None);
                 return;
@@ -882,15 +878,7 @@ impl Hub {
             self.close(session, CloseCode::Revoked, "Reauth for another user");
             return;
         }
-        identity.roles = self.shared_roles(identity.roles);
-        identity.grants.shrink_to_fit();
-        if let Some(Session {
-            handshake: Handshake::Ready { identity: current },
-            ..
-        }) = self.sessions.get_mut(&session).map(|s| &mut **s)
-        {
-            *current = identity.clone();
-        }
+        *current = identity.clone();
         self.note_roles(&identity);
     }
 

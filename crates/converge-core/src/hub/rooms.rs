@@ -111,18 +111,16 @@ impl Hub {
         set
     }
 
-    /// The shared copy of a session's roles (when the directory could keep them: at most 64
-    /// names of at most 256 bytes; other sets stay the session's own, so the interned sets
-    /// stay bounded by what the directory holds).
-    pub(super) fn shared_roles(
-        &mut self,
-        roles: std::sync::Arc<[String]>,
-    ) -> std::sync::Arc<[String]> {
-        if storable(&roles) {
-            self.intern_roles(&roles)
-        } else {
-            roles
+    /// An identity as a session keeps it for its life: the shared copy of its roles (when
+    /// the directory could keep them: at most 64 names of at most 256 bytes; other sets stay
+    /// the session's own, so the interned sets stay bounded by what the directory holds), and
+    /// its grants without the room a decoded list has beyond what it holds.
+    pub(super) fn kept(&mut self, mut identity: Identity) -> Identity {
+        if storable(&identity.roles) {
+            identity.roles = self.intern_roles(&identity.roles);
         }
+        identity.grants.shrink_to_fit();
+        identity
     }
 
     /// A session finished its handshake: counted against its user's connection limit, and

@@ -86,3 +86,14 @@ impl Writer {
             .to_vec()
     }
 }
+
+/// Re-encodes a change after `edit` changed its decoded form: a forged change that still
+/// decodes and carries a valid checksum.
+pub fn forge(bytes: &[u8], edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+    let mut expanded = automerge::Change::from_bytes(bytes.to_vec())
+        .unwrap()
+        .decode();
+    edit(&mut expanded);
+    expanded.hash = None;
+    automerge::Change::from(expanded).raw_bytes().to_vec()
+}
