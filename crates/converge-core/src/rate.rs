@@ -37,6 +37,19 @@ impl Bucket {
             false
         }
     }
+
+    /// Takes one token if there is one; otherwise how many milliseconds until there is (at
+    /// least 1). A rate of zero never refills: the wait is then a minute, to be asked again.
+    pub fn take_or_wait(&mut self, rate: Rate, now_ms: u64) -> Result<(), u64> {
+        if self.take(rate, now_ms) {
+            return Ok(());
+        }
+        let missing = 1000 - self.credit_milli;
+        match u64::from(rate.per_sec) {
+            0 => Err(60_000),
+            per_sec => Err(missing.div_ceil(per_sec).max(1)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +73,35 @@ mod tests {
         assert!(!b.take(rate, 60_000));
         // Time going backwards refills nothing.
         assert!(!b.take(rate, 0));
+    }
+
+    #[test]
+    fn a_refused_take_says_how_long_until_the_next_token() {
+        let rate = Rate {
+            per_sec: 500,
+            burst: 2,
+        };
+        let mut b = Bucket::full(rate, 0);
+        assert_eq!(b.take_or_wait(rate, 0), Ok(()));
+        assert_eq!(b.take_or_wait(rate, 0), Ok(()));
+        // 500 a second: a token every 2 ms.
+        assert_eq!(b.take_or_wait(rate, 0), Err(2));
+        assert_eq!(b.take_or_wait(rate, 1), Err(1));
+        assert_eq!(b.take_or_wait(rate, 2), Ok(()));
+        let slow = Rate {
+            per_sec: 3,
+            burst: 1,
+        };
+        let mut b = Bucket::full(slow, 0);
+        assert_eq!(b.take_or_wait(slow, 0), Ok(()));
+        assert_eq!(b.take_or_wait(slow, 0), Err(334));
+        assert_eq!(b.take_or_wait(slow, 334), Ok(()));
+        let never = Rate {
+            per_sec: 0,
+            burst: 1,
+        };
+        let mut b = Bucket::full(never, 0);
+        assert_eq!(b.take_or_wait(never, 0), Ok(()));
+        assert_eq!(b.take_or_wait(never, 10_000), Err(60_000));
     }
 }

@@ -12,22 +12,16 @@ use crate::outbox::{Outbox, Taken};
 
 /// Messages per second and burst allowed on one connection, checked before the hub: a
 /// flooding connection's excess never reaches the hub's queue, so it cannot slow the others.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RateLimit {
-    pub(crate) per_sec: u32,
-    pub(crate) burst: u32,
-}
+pub(crate) type RateLimit = converge_core::Rate;
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
-type Limiter = governor::DefaultDirectRateLimiter;
-
-/// How long until the connection may send again, if this message is over its rate.
-fn over_rate(limiter: Option<&Limiter>) -> Option<std::time::Duration> {
-    use governor::clock::Clock;
-    let limiter = limiter?;
-    let not_until = limiter.check().err()?;
-    Some(not_until.wait_time_from(limiter.clock().now()))
+/// Milliseconds on tokio's clock since the first connection: what the connection's token
+/// bucket counts in (8 bytes a connection, where a timestamp would take 16).
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Completes when the pause (if any) is over.
@@ -41,106 +35,101 @@ async fn resume(pause: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
 /// Runs a connection until either side closes it.
 ///
 /// The connection's future is most of an idle connection's memory, so it is kept small: the
-/// socket is split before the future exists (it keeps room for each argument), waits that
-/// are rare (a full hub queue, a close) are boxed, and no await holds a whole `HubEvent`.
+/// socket is split before the future exists, the future is an `async` block that uses what
+/// it captured in place (an `async fn` would keep its arguments and a moved copy of each),
+/// waits that are rare (a full hub queue, a close) are boxed, and no await holds a whole
+/// `HubEvent`.
 pub(crate) fn start(
     socket: WebSocket,
     hub: mpsc::Sender<HubEvent>,
     token: Option<String>,
     rate: RateLimit,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (sink, stream) = socket.split();
-    run(sink, stream, hub, token, rate)
-}
-
-async fn run(
-    mut sink: Sink,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
-    hub: mpsc::Sender<HubEvent>,
-    token: Option<String>,
-    rate: RateLimit,
-) {
-    let quota = std::num::NonZeroU32::new(rate.per_sec.max(1))
-        .map(governor::Quota::per_second)
-        .zip(std::num::NonZeroU32::new(rate.burst.max(1)))
-        .map(|(q, b)| q.allow_burst(b));
-    let limiter = quota.map(governor::RateLimiter::direct);
-    let mut told: Option<tokio::time::Instant> = None;
-    // Boxed: a timer is large, and only a connection over its rate has one.
-    let mut pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let outbox = Arc::new(Outbox::default());
-    let mut batch: VecDeque<ConnOut> = VecDeque::new();
-    let (reply, session) = oneshot::channel();
-    let connect = HubEvent::Connect {
-        out: outbox.clone(),
-        reply,
-        token,
-    };
-    if !to_hub(&hub, connect).await {
-        return;
-    }
-    let Ok(session) = session.await else { return };
-    let mut reading = true;
-    loop {
-        tokio::select! {
-            () = resume(&mut pause), if pause.is_some() => pause = None,
-            msg = stream.next(), if reading && pause.is_none() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    if let Some(wait) = over_rate(limiter.as_ref()) {
-                        // Dropped here; the hub tells the client at most once a second.
-                        let now = tokio::time::Instant::now();
-                        if told.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
-                            told = Some(now);
-                            to_hub(&hub, HubEvent::RateLimited { session }).await;
+    let (mut sink, mut stream) = socket.split();
+    async move {
+        let mut bucket = converge_core::Bucket::full(rate, now_ms());
+        // When the client was last told it is over its rate (ms on the clock above, plus 1;
+        // 0 = never).
+        let mut told_ms: u64 = 0;
+        // Boxed: a timer is large, and only a connection over its rate has one.
+        let mut pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let outbox = Arc::new(Outbox::default());
+        let mut batch: VecDeque<ConnOut> = VecDeque::new();
+        let (reply, session) = oneshot::channel();
+        let connect = HubEvent::Connect {
+            out: outbox.clone(),
+            reply,
+            token,
+        };
+        if !to_hub(&hub, connect).await {
+            return;
+        }
+        let Ok(session) = session.await else { return };
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                () = resume(&mut pause), if pause.is_some() => pause = None,
+                msg = stream.next(), if reading && pause.is_none() => match msg {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let now = now_ms();
+                        if let Err(wait_ms) = bucket.take_or_wait(rate, now) {
+                            // Dropped here; the hub tells the client at most once a second.
+                            if told_ms == 0 || now + 1 >= told_ms + 1000 {
+                                told_ms = now + 1;
+                                to_hub(&hub, HubEvent::RateLimited { session }).await;
+                            }
+                            // Nothing more is read until the budget allows a message: the
+                            // flood waits in the kernel's buffers and TCP pushes back on the
+                            // sender, so a flooding peer costs a read per refill, not one per
+                            // frame it sends.
+                            let wait = std::time::Duration::from_millis(wait_ms);
+                            pause = Some(Box::pin(tokio::time::sleep(wait)));
+                            continue;
                         }
-                        // Nothing more is read until the budget allows a message: the flood
-                        // waits in the kernel's buffers and TCP pushes back on the sender, so
-                        // a flooding peer costs a read per refill, not one per frame it sends.
-                        pause = Some(Box::pin(tokio::time::sleep(wait)));
-                        continue;
-                    }
-                    if !to_hub(&hub, HubEvent::Frame { session, bytes }).await {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Text(_))) => {
-                    to_hub(&hub, HubEvent::Text { session }).await;
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    // The transport refused the frame (too large, or broken framing): tell the
-                    // hub, which answers with an error and a close; stop reading either way.
-                    reading = false;
-                    match oversize(&e) {
-                        Some(size) => {
-                            to_hub(&hub, HubEvent::Oversize { session, size }).await;
-                        }
-                        None => {
-                            tracing::debug!(%session, error = %e, "websocket read failed");
+                        if !to_hub(&hub, HubEvent::Frame { session, bytes }).await {
                             break;
                         }
                     }
-                }
-            },
-            taken = outbox.take(&mut batch) => {
-                match taken {
-                    Taken::Items => {}
-                    Taken::Kill(code, reason) => {
-                        Box::pin(close_briefly(&mut sink, code, reason)).await;
+                    Some(Ok(Message::Text(_))) => {
+                        to_hub(&hub, HubEvent::Text { session }).await;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        // The transport refused the frame (too large, or broken framing):
+                        // tell the hub, which answers with an error and a close; stop
+                        // reading either way.
+                        reading = false;
+                        match oversize(&e) {
+                            Some(size) => {
+                                to_hub(&hub, HubEvent::Oversize { session, size }).await;
+                            }
+                            None => {
+                                tracing::debug!(%session, error = %e, "websocket read failed");
+                                break;
+                            }
+                        }
+                    }
+                },
+                taken = outbox.take(&mut batch) => {
+                    match taken {
+                        Taken::Items => {}
+                        Taken::Kill(code, reason) => {
+                            Box::pin(close_briefly(&mut sink, code, reason)).await;
+                            break;
+                        }
+                        Taken::End => break,
+                    }
+                    // Boxed: a write's futures would otherwise take room in every idle
+                    // connection's future; the box is one allocation per burst.
+                    if !Box::pin(write_unless_killed(&mut sink, &mut batch, &outbox)).await {
                         break;
                     }
-                    Taken::End => break,
-                }
-                // Boxed: a write's futures would otherwise take room in every idle
-                // connection's future; the box is one allocation per burst.
-                if !Box::pin(write_unless_killed(&mut sink, &mut batch, &outbox)).await {
-                    break;
                 }
             }
         }
+        to_hub(&hub, HubEvent::Disconnect { session }).await;
     }
-    to_hub(&hub, HubEvent::Disconnect { session }).await;
 }
 
 /// How long a killed connection may take to send its close frame: its peer may have stopped

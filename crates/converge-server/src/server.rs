@@ -294,8 +294,9 @@ async fn ws(
     let transport_limit = (c.hub.limits.max_frame_bytes as usize).saturating_mul(2);
     let hub = state.hub.clone();
     let rate = crate::connection::RateLimit {
-        per_sec: c.hub.messages_per_sec,
-        burst: c.hub.message_burst,
+        // At least one a second and a burst of one: a zero would shut every connection up.
+        per_sec: c.hub.messages_per_sec.max(1),
+        burst: c.hub.message_burst.max(1),
     };
     upgrade
         .read_buffer_size(c.ws_read_buffer)
