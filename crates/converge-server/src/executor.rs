@@ -12,8 +12,8 @@ use converge_core::{
     plan_catchup,
 };
 use converge_log::{
-    AppendResult, Author, DocStore, Durable, EntryKind, EventLog, LockEvent, LockRecord, LogError,
-    MutationRecord, NewEntry, StoreConfig, StoreError,
+    AppendResult, Author, DocHead, DocStore, Durable, EntryKind, EventLog, LockEvent, LockRecord,
+    LogError, MutationRecord, NewEntry, StoreConfig, StoreError,
 };
 use converge_proto::limits::MAX_MESSAGE_BYTES;
 use converge_proto::{
@@ -48,6 +48,8 @@ pub struct LogExecutor {
     reconciliations: Arc<Mutex<HashMap<(SessionId, DocId), Reconciliation>>>,
     /// The mutators this server runs, by name.
     mutators: Arc<Mutators>,
+    /// Permits for work on tokio's blocking pool (see [`LogExecutor::blocking`]).
+    work: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug)]
@@ -64,7 +66,35 @@ impl LogExecutor {
             store,
             reconciliations: Arc::new(Mutex::new(HashMap::new())),
             mutators: Arc::new(Mutators::new()),
+            work: Arc::new(tokio::sync::Semaphore::new(Self::blocking_limit())),
         }
+    }
+
+    /// How many tasks [`LogExecutor::blocking`] runs at once: 4 per core, at least 8.
+    /// automerge's work is CPU-bound, so more at once only costs memory: tokio starts a
+    /// thread for each blocking task that finds no idle one (up to 512), and every thread
+    /// keeps a stack and an allocator arena (~33 KiB of RSS here) for as long as it lives.
+    pub fn blocking_limit() -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        (cores * 4).max(8)
+    }
+
+    /// Runs `f` on tokio's blocking pool once a permit is free: a burst of subscribers (or
+    /// of anything else the hub hands off) waits its turn instead of starting a thread each.
+    pub async fn blocking<R, F>(&self, f: F) -> Result<R, Refusal>
+    where
+        F: FnOnce(&LogExecutor) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let permit = self.work.clone().acquire_owned().await.ok();
+        let exec = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&exec)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
     }
 
     /// The same executor running these mutators.
@@ -373,12 +403,33 @@ impl LogExecutor {
 
     /// What a subscriber at `after` needs, holding only durable entries.
     pub fn catchup(&self, doc: &DocId, after: Option<Position>) -> Result<Catchup, Refusal> {
-        // The head first, then a ticket covering it: everything up to the head is durable
-        // before any of it is read out, so nothing a crash could take back is ever handed to
-        // a subscriber (waiting first and reading the head after would let entries staged in
-        // between through unflushed).
+        let (head, durable) = self.catchup_head(doc);
+        durable.wait().map_err(|e| refusal(&e))?;
+        self.catchup_from(doc, after, head)
+    }
+
+    /// The first half of a catch-up, quick (in memory): the document's head, and a flush
+    /// ticket covering it. The caller waits for the ticket, then calls
+    /// [`Self::catchup_from`] with the head.
+    ///
+    /// The head first, then the ticket: everything up to the head is durable before any of it
+    /// is read out, so nothing a crash could take back is ever handed to a subscriber
+    /// (waiting first and reading the head after would let entries staged in between through
+    /// unflushed). Split in two so that an async caller waits for the flush without holding a
+    /// thread: a burst of subscribers would otherwise hold a blocking thread each, and every
+    /// thread costs a stack and an allocator arena.
+    pub fn catchup_head(&self, doc: &DocId) -> (Result<DocHead, LogError>, Durable) {
         let head = self.log.head(doc);
-        self.log.durable().wait().map_err(|e| refusal(&e))?;
+        (head, self.log.durable())
+    }
+
+    /// The second half of a catch-up, once the ticket of [`Self::catchup_head`] is durable.
+    pub fn catchup_from(
+        &self,
+        doc: &DocId,
+        after: Option<Position>,
+        head: Result<DocHead, LogError>,
+    ) -> Result<Catchup, Refusal> {
         let head = match head {
             Ok(h) => h,
             // A document nobody pushed to yet: an empty stream (created by the first push).

@@ -588,7 +588,7 @@ async fn run(
                 Output::Release { doc } => {
                     since_check.remove(&doc);
                     let exec = exec.clone();
-                    tokio::task::spawn_blocking(move || exec.evict(&doc));
+                    tokio::spawn(async move { exec.blocking(move |e| e.evict(&doc)).await });
                 }
             }
         }
@@ -626,9 +626,10 @@ fn load_locks(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, ticket: Ticket, d
     let exec = exec.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        let result = tokio::task::spawn_blocking(move || exec.load_locks(&doc))
+        let result = exec
+            .blocking(move |e| e.load_locks(&doc))
             .await
-            .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
+            .and_then(|r| r);
         let _ = tx.send(HubEvent::LocksLoaded { ticket, result }).await;
     });
 }
@@ -664,9 +665,15 @@ fn catchup(
     let exec = exec.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        let result = tokio::task::spawn_blocking(move || exec.catchup(&doc, after))
-            .await
-            .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
+        // The flush is awaited here, not on a blocking thread (see `catchup_head`).
+        let (head, durable) = exec.catchup_head(&doc);
+        let result = match durable.await {
+            Ok(()) => exec
+                .blocking(move |e| e.catchup_from(&doc, after, head))
+                .await
+                .and_then(|r| r),
+            Err(e) => Err(crate::executor::refusal(&e)),
+        };
         let _ = tx.send(HubEvent::Catchup { ticket, result }).await;
     });
 }
@@ -682,10 +689,10 @@ fn reconcile(
     let exec = exec.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        let result =
-            tokio::task::spawn_blocking(move || exec.reconcile(session, &doc, &bytes, now_ms()))
-                .await
-                .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
+        let result = exec
+            .blocking(move |e| e.reconcile(session, &doc, &bytes, now_ms()))
+            .await
+            .and_then(|r| r);
         let _ = tx.send(HubEvent::Reconciled { ticket, result }).await;
     });
 }
@@ -705,16 +712,17 @@ fn snapshot_in_background(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, doc: 
     let exec = exec.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        let result = tokio::task::spawn_blocking(move || match rule {
-            Rule::Due => exec.snapshot_if_due(&doc),
-            Rule::ForJoiners => exec.snapshot_for_joiners(&doc),
-        })
-        .await;
+        let result = exec
+            .blocking(move |e| match rule {
+                Rule::Due => e.snapshot_if_due(&doc),
+                Rule::ForJoiners => e.snapshot_for_joiners(&doc),
+            })
+            .await;
         match result {
             Ok(Ok(true)) => tracing::debug!(%doc, "snapshot written"),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!(%doc, error = %e, "snapshot failed"),
-            Err(e) => tracing::error!(%doc, error = %e, "snapshot task failed"),
+            Err(e) => tracing::error!(%doc, error = %e.message, "snapshot task failed"),
         }
         let _ = tx.send(HubEvent::Snapshotted { doc }).await;
     });
