@@ -416,6 +416,7 @@ async fn idle(n: usize) -> anyhow::Result<()> {
     push_all(&mut wtx, &mut wrx, doc, &small_changes(1)).await?;
     settle().await;
     let (before, _) = server.rss_kib()?;
+    let parts_before = server.memory_parts();
     let cpu0 = server.cpu_seconds()?;
     let t = Instant::now();
     // 256 at a time: each Subscribe waits for a log flush, which concurrent ones share.
@@ -447,6 +448,10 @@ async fn idle(n: usize) -> anyhow::Result<()> {
         after as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / n.max(1) as f64,
         cpu * 1e6 / n.max(1) as f64
+    );
+    println!(
+        "idle: before: {parts_before}; after: {}",
+        server.memory_parts()
     );
     drop(conns);
     Ok(())

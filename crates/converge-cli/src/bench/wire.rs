@@ -307,6 +307,27 @@ impl ServerProc {
         ))
     }
 
+    /// The server's anonymous and file-backed RSS (KiB) and its thread count: what an RSS
+    /// figure is made of (file pages are the binary's own code, paged in as it first runs).
+    pub(crate) fn memory_parts(&self) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_string()
+        };
+        format!(
+            "RssAnon {} KiB, RssFile {} KiB, {} threads",
+            field("RssAnon:"),
+            field("RssFile:"),
+            field("Threads:")
+        )
+    }
+
     /// (current RSS, peak RSS) in KiB.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
