@@ -665,14 +665,18 @@ fn catchup(
     let exec = exec.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        // The flush is awaited here, not on a blocking thread (see `catchup_head`).
-        let (head, durable) = exec.catchup_head(&doc);
-        let result = match durable.await {
-            Ok(()) => exec
-                .blocking(move |e| e.catchup_from(&doc, after, head))
-                .await
-                .and_then(|r| r),
-            Err(e) => Err(crate::executor::refusal(&e)),
+        // The flush is awaited here, not on a blocking thread (see `catchup_head`). Reading
+        // the head is quick, but it takes the document's lock, which a writer may hold while
+        // it loads an index from disk: not on an async worker either.
+        let result = match exec.blocking(move |e| e.catchup_head(&doc)).await {
+            Ok((head, durable)) => match durable.await {
+                Ok(()) => exec
+                    .blocking(move |e| e.catchup_from(&doc, after, head))
+                    .await
+                    .and_then(|r| r),
+                Err(e) => Err(crate::executor::refusal(&e)),
+            },
+            Err(refused) => Err(refused),
         };
         let _ = tx.send(HubEvent::Catchup { ticket, result }).await;
     });
