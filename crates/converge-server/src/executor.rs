@@ -87,14 +87,13 @@ impl LogExecutor {
         R: Send + 'static,
     {
         // The semaphore is never closed, so acquiring only fails if it were.
-        let permit = self.work.clone().acquire_owned().await.ok();
+        let permit = self.work.acquire().await.ok();
         let exec = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&exec)
-        })
-        .await
-        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+        let done = tokio::task::spawn_blocking(move || f(&exec)).await;
+        // Released once the task has been seen to end, not as it ends: by then its thread is
+        // (nearly always) idle again, so the next task reuses it instead of starting another.
+        drop(permit);
+        done.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
     }
 
     /// The same executor running these mutators.

@@ -320,11 +320,21 @@ impl ServerProc {
                 .unwrap_or("?")
                 .to_string()
         };
+        // Threads by name: which pools grew.
+        let mut names = std::collections::BTreeMap::<String, usize>::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) {
+            for task in tasks.flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                *names.entry(comm.trim().to_string()).or_default() += 1;
+            }
+        }
+        let names: Vec<String> = names.iter().map(|(n, c)| format!("{n} x{c}")).collect();
         format!(
-            "RssAnon {} KiB, RssFile {} KiB, {} threads",
+            "RssAnon {} KiB, RssFile {} KiB, {} threads ({})",
             field("RssAnon:"),
             field("RssFile:"),
-            field("Threads:")
+            field("Threads:"),
+            names.join(", ")
         )
     }
 
