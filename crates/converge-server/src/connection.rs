@@ -14,7 +14,9 @@ use crate::outbox::{Outbox, Taken};
 /// flooding connection's excess never reaches the hub's queue, so it cannot slow the others.
 pub(crate) type RateLimit = converge_core::Rate;
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+/// The socket, read and written by the connection's one task (not split: a split socket
+/// is kept behind a lock in an allocation of its own, taken on every read and write).
+type Sink = WebSocket;
 
 /// Milliseconds on tokio's clock since the first connection: what the connection's token
 /// bucket counts in (8 bytes a connection, where a timestamp would take 16).
@@ -35,7 +37,7 @@ async fn resume(pause: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
 /// Runs a connection until either side closes it.
 ///
 /// The connection's future is most of an idle connection's memory, so it is kept small: the
-/// socket is split before the future exists, the future is an `async` block that uses what
+/// future is an `async` block that uses what
 /// it captured in place (an `async fn` would keep its arguments and a moved copy of each),
 /// waits that are rare (a full hub queue, a close) are boxed, and no await holds a whole
 /// `HubEvent`.
@@ -45,7 +47,7 @@ pub(crate) fn start(
     token: Option<String>,
     rate: RateLimit,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (mut sink, mut stream) = socket.split();
+    let mut sink = socket;
     async move {
         let mut bucket = converge_core::Bucket::full(rate, now_ms());
         // When the client was last told it is over its rate (ms on the clock above, plus 1;
@@ -69,7 +71,7 @@ pub(crate) fn start(
         loop {
             tokio::select! {
                 () = resume(&mut pause), if pause.is_some() => pause = None,
-                msg = stream.next(), if reading && pause.is_none() => match msg {
+                msg = sink.next(), if reading && pause.is_none() => match msg {
                     Some(Ok(Message::Binary(bytes))) => {
                         let now = now_ms();
                         if let Err(wait_ms) = bucket.take_or_wait(rate, now) {
