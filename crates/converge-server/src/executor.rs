@@ -48,8 +48,8 @@ pub struct LogExecutor {
     reconciliations: Arc<Mutex<HashMap<(SessionId, DocId), Reconciliation>>>,
     /// The mutators this server runs, by name.
     mutators: Arc<Mutators>,
-    /// Permits for work on tokio's blocking pool (see [`LogExecutor::blocking`]).
-    work: Arc<tokio::sync::Semaphore>,
+    /// The threads that run [`LogExecutor::blocking`].
+    work: Arc<crate::workers::Workers>,
 }
 
 #[derive(Debug)]
@@ -66,34 +66,35 @@ impl LogExecutor {
             store,
             reconciliations: Arc::new(Mutex::new(HashMap::new())),
             mutators: Arc::new(Mutators::new()),
-            work: Arc::new(tokio::sync::Semaphore::new(Self::blocking_limit())),
+            work: Arc::new(crate::workers::Workers::new(Self::blocking_limit())),
         }
     }
 
-    /// How many tasks [`LogExecutor::blocking`] runs at once: 4 per core, at least 8.
-    /// automerge's work is CPU-bound, so more at once only costs memory: tokio starts a
-    /// thread for each blocking task that finds no idle one (up to 512), and every thread
-    /// keeps a stack and an allocator arena (~33 KiB of RSS here) for as long as it lives.
+    /// How many tasks [`LogExecutor::blocking`] runs at once, on as many threads of its own:
+    /// 4 per core, at least 8. automerge's work is CPU-bound, so more at once would only cost
+    /// memory (every thread keeps a stack and an allocator arena, ~33 KiB of RSS here).
     pub fn blocking_limit() -> usize {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         (cores * 4).max(8)
     }
 
-    /// Runs `f` on tokio's blocking pool once a permit is free: a burst of subscribers (or
-    /// of anything else the hub hands off) waits its turn instead of starting a thread each.
+    /// Runs `f` on the executor's own threads (see `workers.rs`), started on first use: a
+    /// burst of subscribers (or of anything else the hub hands off) waits its turn instead
+    /// of starting a thread each. Awaiting it blocks no async worker.
     pub async fn blocking<R, F>(&self, f: F) -> Result<R, Refusal>
     where
         F: FnOnce(&LogExecutor) -> R + Send + 'static,
         R: Send + 'static,
     {
-        // The semaphore is never closed, so acquiring only fails if it were.
-        let permit = self.work.acquire().await.ok();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let exec = self.clone();
-        let done = tokio::task::spawn_blocking(move || f(&exec)).await;
-        // Released once the task has been seen to end, not as it ends: by then its thread is
-        // (nearly always) idle again, so the next task reuses it instead of starting another.
-        drop(permit);
-        done.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+        self.work
+            .submit(Box::new(move || {
+                let _ = tx.send(f(&exec));
+            }))
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.0))?;
+        rx.await
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "a blocking task panicked"))
     }
 
     /// The same executor running these mutators.

@@ -27,6 +27,7 @@ mod metrics;
 mod notify;
 mod outbox;
 mod server;
+mod workers;
 
 pub use config::ServerConfig;
 
