@@ -215,3 +215,70 @@ fn answers_queued_during_a_catch_up_survive_a_resubscribe() {
         "the Ack carried over: {msgs:?}"
     );
 }
+
+#[test]
+fn a_reconciliation_takes_one_sync_message_at_a_time() {
+    let mut hub = Hub::new(HubConfig::default(), Box::new(DevAuthenticator));
+    let s = hub.connect(0);
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some("alice".into()),
+        },
+    );
+    // A position the server cannot vouch for: it answers with a reconciling snapshot.
+    send(
+        &mut hub,
+        s,
+        &ClientMsg::Subscribe {
+            doc: DOC,
+            after: Some(converge_proto::Position {
+                epoch: Epoch(1),
+                seq: Seq(5),
+            }),
+        },
+    );
+    let (_, _, catchups) = drain(&mut hub);
+    hub.handle_catchup(
+        catchups[0],
+        Ok(Catchup::Snapshot {
+            epoch: Epoch(1),
+            seq: Seq(0),
+            bytes: Blob(AutoCommit::new().save()),
+            tail: Vec::new(),
+            reconcile: true,
+        }),
+    );
+    drain(&mut hub);
+
+    use automerge::sync::SyncDoc;
+    let fork = automerge::Automerge::new();
+    let mut state = automerge::sync::State::new();
+    let message = fork.generate_sync_message(&mut state).unwrap().encode();
+    let sync = ClientMsg::SyncMsg {
+        doc: DOC,
+        bytes: Blob(message),
+    };
+    send(&mut hub, s, &sync);
+    send(&mut hub, s, &sync);
+    let mut steps = 0;
+    let mut refused = Vec::new();
+    while let Some(out) = hub.poll_output() {
+        match out {
+            Output::Reconcile { .. } => steps += 1,
+            Output::Send { frame, .. } => {
+                if let ServerMsg::Error { code, .. } =
+                    decode_server(&frame, MAX_FRAME_CEILING).unwrap()
+                {
+                    refused.push(code);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(steps, 1, "the second message waits for no work");
+    assert_eq!(refused, vec![ErrorCode::BadSyncMessage]);
+}

@@ -1044,11 +1044,23 @@ impl Hub {
             );
             return;
         }
+        // One step at a time per document: the client sends its next message only after the
+        // server's answer, and every step is automerge work on the server's few work
+        // threads, so a peer must not queue a reconciliation's rounds all at once.
+        let in_flight = self.pending.values().any(|p| {
+            matches!(p, Pending::Reconcile { doc: d, session: s } if *d == doc && *s == session)
+        });
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
         let refusal = match s.reconciling.get_mut(&doc) {
             None => Some("no reconciliation is open for this document"),
+            Some(_) if in_flight => {
+                s.reconciling.remove(&doc);
+                Some(
+                    "a sync message came before the answer to the previous one; the reconciliation was ended",
+                )
+            }
             Some(rounds) if *rounds >= MAX_RECONCILE_ROUNDS => {
                 s.reconciling.remove(&doc);
                 Some("the reconciliation took too many rounds and was ended")
