@@ -27,7 +27,9 @@ impl Bucket {
     /// Takes one token if there is one. Time going backwards refills nothing.
     pub fn take(&mut self, rate: Rate, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.at_ms);
-        self.credit_milli = (self.credit_milli + elapsed.saturating_mul(u64::from(rate.per_sec)))
+        self.credit_milli = self
+            .credit_milli
+            .saturating_add(elapsed.saturating_mul(u64::from(rate.per_sec)))
             .min(u64::from(rate.burst) * 1000);
         self.at_ms = self.at_ms.max(now_ms);
         if self.credit_milli >= 1000 {

@@ -97,6 +97,11 @@ impl LogExecutor {
             .map_err(|_| Refusal::new(ErrorCode::Internal, "a blocking task panicked"))
     }
 
+    /// Completes when none of the work handed to [`Self::blocking`] is queued or running.
+    pub async fn idle(&self) {
+        self.work.idle().await;
+    }
+
     /// The same executor running these mutators.
     pub fn with_mutators(mut self, mutators: Mutators) -> Self {
         self.mutators = Arc::new(mutators);

@@ -198,12 +198,14 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Starts the hub task, the writer thread and the durability waiter. Returns the hub's inbox
 /// and a flag that turns false once shutdown began (for /readyz).
-/// The hub task and the writer thread, to wait for once the server shuts down: when both have
-/// ended, nothing of the server holds the log any more.
+/// The hub task, the writer thread and the executor's work, to wait for once the server shuts
+/// down: when all have ended, nothing of the server holds the log any more.
 #[derive(Debug)]
 pub(crate) struct Tasks {
     pub(crate) hub: tokio::task::JoinHandle<()>,
     pub(crate) writer: std::thread::JoinHandle<()>,
+    /// For the work still running on its threads when the hub ends.
+    pub(crate) exec: LogExecutor,
 }
 
 pub(crate) fn spawn(
@@ -221,8 +223,17 @@ pub(crate) fn spawn(
         .name("converge-writer".into())
         .spawn(move || writer(writer_exec, job_rx, wait_tx))?;
     tokio::spawn(waiter(wait_rx, tx.clone(), metrics.clone()));
+    let tasks_exec = exec.clone();
     let hub = tokio::spawn(run(hub, exec, rx, tx.clone(), job_tx, ready_tx, metrics));
-    Ok((tx, ready_rx, Tasks { hub, writer }))
+    Ok((
+        tx,
+        ready_rx,
+        Tasks {
+            hub,
+            writer,
+            exec: tasks_exec,
+        },
+    ))
 }
 
 /// Splits a result into the value for the hub and the ticket to wait on.

@@ -117,7 +117,8 @@ impl ServerHandle {
             Ok(r) => r,
             Err(e) => Err(ServerError::Task(e.to_string())),
         };
-        // Wait for the hub task and the writer thread to end, so the log is closed (and its
+        // Wait for the hub task, the writer thread and the work still running on the
+        // executor's threads (a snapshot, an eviction) to end, so the log is closed (and its
         // directory free to open again) when this returns.
         if let Some(tasks) = self.tasks.take() {
             let mut hub = tasks.hub;
@@ -128,6 +129,12 @@ impl ServerHandle {
             }
             let writer = tasks.writer;
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+            if tokio::time::timeout(DRAIN_WAIT, tasks.exec.idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!("work still running on the executor's threads after shutdown");
+            }
         }
         served
     }

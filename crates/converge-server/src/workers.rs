@@ -19,6 +19,8 @@ type Job = Box<dyn FnOnce() + Send>;
 pub(crate) struct Workers {
     size: usize,
     queue: Mutex<Option<Sender<Job>>>,
+    /// Jobs queued or running (a shutdown waits for none).
+    busy: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 /// The work could not be queued: no thread could be started.
@@ -30,7 +32,14 @@ impl Workers {
         Self {
             size: size.max(1),
             queue: Mutex::new(None),
+            busy: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Completes when no job is queued or running.
+    pub(crate) async fn idle(&self) {
+        let mut busy = self.busy.subscribe();
+        let _ = busy.wait_for(|n| *n == 0).await;
     }
 
     /// Queues `job`; the first call starts the threads.
@@ -39,8 +48,16 @@ impl Workers {
         if queue.is_none() {
             *queue = Some(self.start()?);
         }
-        match queue.as_ref().map(|q| q.send(job)) {
+        self.busy.send_modify(|n| *n += 1);
+        // Counted down however the job ends: run, panicked, or dropped unrun.
+        let done = Done(self.busy.clone());
+        let counted: Job = Box::new(move || {
+            let _done = done;
+            job();
+        });
+        match queue.as_ref().map(|q| q.send(counted)) {
             Some(Ok(())) => Ok(()),
+            // The job was dropped unrun: its guard already counted it down.
             _ => Err(NoWorkers("the work threads are gone".into())),
         }
     }
@@ -56,6 +73,15 @@ impl Workers {
                 .map_err(|e| NoWorkers(format!("cannot start a work thread: {e}")))?;
         }
         Ok(tx)
+    }
+}
+
+/// Counts a job down when dropped.
+struct Done(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
