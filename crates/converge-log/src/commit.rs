@@ -52,8 +52,9 @@ struct State {
     closed: bool,
     /// Set by the first failed flush; every ticket fails from then on.
     poisoned: Option<LogError>,
-    /// Async tasks waiting for a flush to complete.
-    wakers: Vec<Waker>,
+    /// Async tasks waiting for a flush to complete, by the parity of the flush they wait
+    /// for (see [`parity`]).
+    wakers: [Vec<Waker>; 2],
     /// How long flushes took (for operators: /api/stats).
     stats: crate::FlushStats,
 }
@@ -63,8 +64,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the flusher.
     work: Condvar,
-    /// Wakes threads blocked in [`Durable::wait`].
-    done: Condvar,
+    /// Wakes threads blocked in [`Durable::wait`], by the parity of the flush they wait for.
+    done: [Condvar; 2],
 }
 
 impl Shared {
@@ -196,19 +197,26 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
         let started = std::time::Instant::now();
         let result = kv.flush();
         let took_us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-        let wakers = {
+        let (wakers, all) = {
             let mut st = shared.lock();
             st.stats.record(took_us);
-            match result {
-                Ok(()) => st.completed = number,
+            // A completed flush wakes the waiters of its own number only: those of the next
+            // one (appends taken while it ran) would only wake to wait again. A failure
+            // wakes everyone, to fail.
+            let all = match result {
+                Ok(()) => {
+                    st.completed = number;
+                    false
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "group commit flush failed; the log is poisoned");
                     st.poisoned.get_or_insert(e);
+                    true
                 }
-            }
-            std::mem::take(&mut st.wakers)
+            };
+            (take_wakers(&mut st, number, all), all)
         };
-        shared.done.notify_all();
+        notify_done(shared, number, all);
         for w in wakers {
             w.wake();
         }
@@ -216,14 +224,38 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
             // Tickets taken after the last flush started fail with Closed when they look.
             let mut st = shared.lock();
             st.poisoned.get_or_insert(LogError::Closed);
-            let wakers = std::mem::take(&mut st.wakers);
+            let wakers = take_wakers(&mut st, number, true);
             drop(st);
-            shared.done.notify_all();
+            notify_done(shared, number, true);
             for w in wakers {
                 w.wake();
             }
             return;
         }
+    }
+}
+
+/// Which of the two waiter sets a ticket for flush `target` waits in. At any moment waiters
+/// wait for the flush running (`started`) or the one after it, never further: a ticket names
+/// `started + 1`. So when flush `n` completes, the waiters of `n` are exactly one parity.
+fn parity(target: u64) -> usize {
+    usize::from(target % 2 == 1)
+}
+
+/// The wakers to wake once flush `number` ended: its own parity, or every one.
+fn take_wakers(st: &mut State, number: u64, all: bool) -> Vec<Waker> {
+    let mut wakers = std::mem::take(&mut st.wakers[parity(number)]);
+    if all {
+        wakers.append(&mut st.wakers[parity(number + 1)]);
+    }
+    wakers
+}
+
+/// Wakes the threads waiting for flush `number`, or every waiting thread.
+fn notify_done(shared: &Shared, number: u64, all: bool) {
+    shared.done[parity(number)].notify_all();
+    if all {
+        shared.done[parity(number + 1)].notify_all();
     }
 }
 
@@ -304,7 +336,9 @@ impl Durable {
                     if let Some(r) = outcome(&st, target) {
                         return r;
                     }
-                    st = shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st = shared.done[parity(target)]
+                        .wait(st)
+                        .unwrap_or_else(|e| e.into_inner());
                 }
             }
         }
@@ -322,11 +356,157 @@ impl Future for Durable {
                 match outcome(&st, *target) {
                     Some(r) => Poll::Ready(r),
                     None => {
-                        st.wakers.push(cx.waker().clone());
+                        st.wakers[parity(*target)].push(cx.waker().clone());
                         Poll::Pending
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{Pair, WriteBatch};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::task::Wake;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A store whose flushes wait to be let through one by one, and say when they begin.
+    struct GateKv {
+        let_through: Mutex<u32>,
+        opened: Condvar,
+        began: Mutex<mpsc::Sender<()>>,
+        fail: bool,
+    }
+
+    impl Kv for GateKv {
+        fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+            Ok(None)
+        }
+        fn range(&self, _: &[u8], _: &[u8], _: bool, _: usize) -> Result<Vec<Pair>, LogError> {
+            Ok(Vec::new())
+        }
+        fn apply(&self, _: WriteBatch) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), LogError> {
+            let _ = crate::sync::lock(&self.began).send(());
+            let mut open = crate::sync::lock(&self.let_through);
+            while *open == 0 {
+                open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+            }
+            *open -= 1;
+            if self.fail {
+                Err(LogError::Storage("the disk is gone".into()))
+            } else {
+                Ok(())
+            }
+        }
+        fn is_empty(&self) -> Result<bool, LogError> {
+            Ok(true)
+        }
+        fn size_on_disk(&self) -> Result<u64, LogError> {
+            Ok(0)
+        }
+    }
+
+    fn gate(fail: bool) -> (Arc<GateKv>, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel();
+        let kv = Arc::new(GateKv {
+            let_through: Mutex::new(0),
+            opened: Condvar::new(),
+            began: Mutex::new(tx),
+            fail,
+        });
+        (kv, rx)
+    }
+
+    fn open_one(kv: &GateKv) {
+        *crate::sync::lock(&kv.let_through) += 1;
+        kv.opened.notify_all();
+    }
+
+    /// Lets every flush through when dropped: declared after the committer, it drops first,
+    /// so closing the committer (which joins its flusher) never waits on a shut gate, even
+    /// when an assertion fails.
+    struct OpenOnDrop(Arc<GateKv>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            *crate::sync::lock(&self.0.let_through) = u32::MAX;
+            self.0.opened.notify_all();
+        }
+    }
+
+    /// Counts its wakes and reports each on a channel.
+    struct Counting(AtomicUsize, Mutex<mpsc::Sender<()>>);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let _ = crate::sync::lock(&self.1).send(());
+        }
+    }
+
+    #[test]
+    fn a_flush_wakes_its_own_waiters_and_not_the_next_ones() {
+        let (kv, began) = gate(false);
+        let committer = Committer::start(kv.clone(), Durability::Fsync, usize::MAX).unwrap();
+        let _open = OpenOnDrop(kv.clone());
+        let first = committer.ticket();
+        began.recv_timeout(WAIT).unwrap();
+        // Taken while flush 1 runs: it waits for flush 2.
+        let mut second = committer.ticket();
+        let (woke_tx, woke) = mpsc::channel();
+        let counting = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(woke_tx)));
+        let waker = Waker::from(counting.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+
+        open_one(&kv);
+        first.wait().unwrap();
+        // Flush 2 has begun, so flush 1 is done waking its waiters.
+        began.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            counting.0.load(Ordering::SeqCst),
+            0,
+            "woken by a flush before its own"
+        );
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+
+        open_one(&kv);
+        woke.recv_timeout(WAIT).unwrap();
+        assert!(matches!(
+            Pin::new(&mut second).poll(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_waiter() {
+        let (kv, began) = gate(true);
+        let committer = Committer::start(kv.clone(), Durability::Fsync, usize::MAX).unwrap();
+        let _open = OpenOnDrop(kv.clone());
+        let first = committer.ticket();
+        began.recv_timeout(WAIT).unwrap();
+        let mut second = committer.ticket();
+        let (woke_tx, woke) = mpsc::channel();
+        let counting = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(woke_tx)));
+        let waker = Waker::from(counting);
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+
+        open_one(&kv);
+        assert!(first.wait().is_err());
+        // The ticket for the next flush fails too, without waiting for that flush.
+        woke.recv_timeout(WAIT).unwrap();
+        assert!(matches!(
+            Pin::new(&mut second).poll(&mut cx),
+            Poll::Ready(Err(_))
+        ));
     }
 }
