@@ -17,6 +17,21 @@ fn send(hub: &mut Hub, s: SessionId, msg: &ClientMsg) {
     hub.handle_frame(s, &encode_client(msg).unwrap(), 0);
 }
 
+/// A session that said Hello as alice (under Dev auth the token is the user id).
+fn alice(hub: &mut Hub) -> SessionId {
+    let s = hub.connect(0);
+    send(
+        hub,
+        s,
+        &ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: ClientId::random(),
+            token: Some("alice".into()),
+        },
+    );
+    s
+}
+
 /// Drains the hub: frames for the session, append tickets, catch-up tickets.
 fn drain(hub: &mut Hub) -> (Vec<ServerMsg>, Vec<Ticket>, Vec<Ticket>) {
     let (mut msgs, mut appends, mut catchups) = (Vec::new(), Vec::new(), Vec::new());
@@ -38,16 +53,7 @@ fn pushes_in_flight_per_document_are_bounded_and_freed_by_acks() {
     let config = HubConfig::default();
     let limit = config.max_pushes_in_flight as usize;
     let mut hub = Hub::new(config, Box::new(DevAuthenticator));
-    let s = hub.connect(0);
-    send(
-        &mut hub,
-        s,
-        &ClientMsg::Hello {
-            protocol: PROTOCOL_VERSION,
-            client_id: ClientId::random(),
-            token: Some("alice".into()),
-        },
-    );
+    let s = alice(&mut hub);
     send(
         &mut hub,
         s,
@@ -131,16 +137,7 @@ fn pushes_in_flight_per_document_are_bounded_and_freed_by_acks() {
 #[test]
 fn answers_queued_during_a_catch_up_survive_a_resubscribe() {
     let mut hub = Hub::new(HubConfig::default(), Box::new(DevAuthenticator));
-    let s = hub.connect(0);
-    send(
-        &mut hub,
-        s,
-        &ClientMsg::Hello {
-            protocol: PROTOCOL_VERSION,
-            client_id: ClientId::random(),
-            token: Some("alice".into()),
-        },
-    );
+    let s = alice(&mut hub);
     let subscribe = ClientMsg::Subscribe {
         doc: DOC,
         after: None,
@@ -219,16 +216,7 @@ fn answers_queued_during_a_catch_up_survive_a_resubscribe() {
 #[test]
 fn a_reconciliation_takes_one_sync_message_at_a_time() {
     let mut hub = Hub::new(HubConfig::default(), Box::new(DevAuthenticator));
-    let s = hub.connect(0);
-    send(
-        &mut hub,
-        s,
-        &ClientMsg::Hello {
-            protocol: PROTOCOL_VERSION,
-            client_id: ClientId::random(),
-            token: Some("alice".into()),
-        },
-    );
+    let s = alice(&mut hub);
     // A position the server cannot vouch for: it answers with a reconciling snapshot.
     send(
         &mut hub,

@@ -452,61 +452,81 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flush_wakes_its_own_waiters_and_not_the_next_ones() {
-        let (kv, began) = gate(false);
+    /// Flush 1 running with a waiter (`first`), and a ticket taken meanwhile (`second`, for
+    /// flush 2), polled once with a counting waker.
+    struct TwoTickets {
+        // Dropped first (fields drop in order): see `OpenOnDrop`.
+        _open: OpenOnDrop,
+        _committer: Committer,
+        kv: Arc<GateKv>,
+        began: mpsc::Receiver<()>,
+        first: Option<Durable>,
+        second: Durable,
+        counting: Arc<Counting>,
+        waker: Waker,
+        woke: mpsc::Receiver<()>,
+    }
+
+    fn two_tickets(fail: bool) -> TwoTickets {
+        let (kv, began) = gate(fail);
         let committer = Committer::start(kv.clone(), Durability::Fsync, usize::MAX).unwrap();
-        let _open = OpenOnDrop(kv.clone());
         let first = committer.ticket();
         began.recv_timeout(WAIT).unwrap();
-        // Taken while flush 1 runs: it waits for flush 2.
-        let mut second = committer.ticket();
+        let second = committer.ticket();
         let (woke_tx, woke) = mpsc::channel();
         let counting = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(woke_tx)));
-        let waker = Waker::from(counting.clone());
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        let mut t = TwoTickets {
+            _open: OpenOnDrop(kv.clone()),
+            _committer: committer,
+            kv,
+            began,
+            first: Some(first),
+            second,
+            waker: Waker::from(counting.clone()),
+            counting,
+            woke,
+        };
+        assert!(t.poll_second().is_pending());
+        t
+    }
 
-        open_one(&kv);
-        first.wait().unwrap();
+    impl TwoTickets {
+        fn poll_second(&mut self) -> Poll<Result<(), LogError>> {
+            let mut cx = Context::from_waker(&self.waker);
+            Pin::new(&mut self.second).poll(&mut cx)
+        }
+
+        /// Lets flush 1 through and returns its waiter's outcome.
+        fn finish_first(&mut self) -> Result<(), LogError> {
+            open_one(&self.kv);
+            self.first.take().map_or(Ok(()), Durable::wait)
+        }
+    }
+
+    #[test]
+    fn a_flush_wakes_its_own_waiters_and_not_the_next_ones() {
+        let mut t = two_tickets(false);
+        t.finish_first().unwrap();
         // Flush 2 has begun, so flush 1 is done waking its waiters.
-        began.recv_timeout(WAIT).unwrap();
+        t.began.recv_timeout(WAIT).unwrap();
         assert_eq!(
-            counting.0.load(Ordering::SeqCst),
+            t.counting.0.load(Ordering::SeqCst),
             0,
             "woken by a flush before its own"
         );
-        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        assert!(t.poll_second().is_pending());
 
-        open_one(&kv);
-        woke.recv_timeout(WAIT).unwrap();
-        assert!(matches!(
-            Pin::new(&mut second).poll(&mut cx),
-            Poll::Ready(Ok(()))
-        ));
+        open_one(&t.kv);
+        t.woke.recv_timeout(WAIT).unwrap();
+        assert!(matches!(t.poll_second(), Poll::Ready(Ok(()))));
     }
 
     #[test]
     fn a_failed_flush_fails_every_waiter() {
-        let (kv, began) = gate(true);
-        let committer = Committer::start(kv.clone(), Durability::Fsync, usize::MAX).unwrap();
-        let _open = OpenOnDrop(kv.clone());
-        let first = committer.ticket();
-        began.recv_timeout(WAIT).unwrap();
-        let mut second = committer.ticket();
-        let (woke_tx, woke) = mpsc::channel();
-        let counting = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(woke_tx)));
-        let waker = Waker::from(counting);
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
-
-        open_one(&kv);
-        assert!(first.wait().is_err());
+        let mut t = two_tickets(true);
+        assert!(t.finish_first().is_err());
         // The ticket for the next flush fails too, without waiting for that flush.
-        woke.recv_timeout(WAIT).unwrap();
-        assert!(matches!(
-            Pin::new(&mut second).poll(&mut cx),
-            Poll::Ready(Err(_))
-        ));
+        t.woke.recv_timeout(WAIT).unwrap();
+        assert!(matches!(t.poll_second(), Poll::Ready(Err(_))));
     }
 }
