@@ -197,39 +197,28 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
         let started = std::time::Instant::now();
         let result = kv.flush();
         let took_us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-        let (wakers, all) = {
-            let mut st = shared.lock();
-            st.stats.record(took_us);
-            // A completed flush wakes the waiters of its own number only: those of the next
-            // one (appends taken while it ran) would only wake to wait again. A failure
-            // wakes everyone, to fail.
-            let all = match result {
-                Ok(()) => {
-                    st.completed = number;
-                    false
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "group commit flush failed; the log is poisoned");
-                    st.poisoned.get_or_insert(e);
-                    true
-                }
-            };
-            (take_wakers(&mut st, number, all), all)
+        let mut st = shared.lock();
+        st.stats.record(took_us);
+        // A completed flush wakes the waiters of its own number only: those of the next one
+        // (appends taken while it ran) would only wake to wait again. A failure wakes
+        // everyone, to fail.
+        let all = match result {
+            Ok(()) => {
+                st.completed = number;
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit flush failed; the log is poisoned");
+                st.poisoned.get_or_insert(e);
+                true
+            }
         };
-        notify_done(shared, number, all);
-        for w in wakers {
-            w.wake();
-        }
+        wake_waiters(shared, st, number, all);
         if closed {
             // Tickets taken after the last flush started fail with Closed when they look.
             let mut st = shared.lock();
             st.poisoned.get_or_insert(LogError::Closed);
-            let wakers = take_wakers(&mut st, number, true);
-            drop(st);
-            notify_done(shared, number, true);
-            for w in wakers {
-                w.wake();
-            }
+            wake_waiters(shared, st, number, true);
             return;
         }
     }
@@ -242,20 +231,20 @@ fn parity(target: u64) -> usize {
     usize::from(target % 2 == 1)
 }
 
-/// The wakers to wake once flush `number` ended: its own parity, or every one.
-fn take_wakers(st: &mut State, number: u64, all: bool) -> Vec<Waker> {
+/// Wakes the threads and tasks waiting for flush `number` (or every waiter), after
+/// releasing the lock.
+fn wake_waiters(shared: &Shared, mut st: MutexGuard<'_, State>, number: u64, all: bool) {
     let mut wakers = std::mem::take(&mut st.wakers[parity(number)]);
     if all {
         wakers.append(&mut st.wakers[parity(number + 1)]);
     }
-    wakers
-}
-
-/// Wakes the threads waiting for flush `number`, or every waiting thread.
-fn notify_done(shared: &Shared, number: u64, all: bool) {
+    drop(st);
     shared.done[parity(number)].notify_all();
     if all {
         shared.done[parity(number + 1)].notify_all();
+    }
+    for w in wakers {
+        w.wake();
     }
 }
 

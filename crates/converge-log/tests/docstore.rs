@@ -36,6 +36,16 @@ fn store_with_doc() -> (DocStore, converge_proto::DocId, Author) {
     (store, id, me)
 }
 
+/// Takes one remote change from `author` (client 2) and waits until it is durable.
+fn take_remote(store: &DocStore, id: &converge_proto::DocId, author: &Author, change: Vec<u8>) {
+    store
+        .apply_remote(id, author, 2, vec![change])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+}
+
 /// Another writer's replica of the document, starting from what the store holds.
 fn replica(store: &DocStore, id: &converge_proto::DocId, actor: u8) -> Writer {
     let mut remote = Writer::new(actor);
@@ -91,12 +101,7 @@ fn remote_changes_are_logged_at_once_and_applied_lazily_in_one_go() {
     let mut remote = replica(&store, &id, 7);
     for i in 0..3 {
         let c = remote.put("count", i);
-        store
-            .apply_remote(&id, &bob, 2, vec![c])
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        take_remote(&store, &id, &bob, c);
     }
     assert_eq!(
         store.log().head(&id).unwrap().last_seq,
@@ -389,12 +394,7 @@ fn a_quarantined_change_does_not_stop_snapshots() {
         c.deps = vec![automerge::Change::from_bytes(x.clone()).unwrap().hash()];
     });
     for c in [c1, x, y] {
-        store
-            .apply_remote(&id, &bob, 2, vec![c])
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        take_remote(&store, &id, &bob, c);
     }
     assert_eq!(store.log().head(&id).unwrap().last_seq, Seq(4));
     // The document loads without the forged change, and says so.

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::hub_task::{ConnOut, HubEvent};
+use crate::hub_task::{ConnOut, HubEvent, now_ms};
 use crate::outbox::{Outbox, Taken};
 
 /// Messages per second and burst allowed on one connection, checked before the hub: a
@@ -17,14 +17,6 @@ pub(crate) type RateLimit = converge_core::Rate;
 /// The socket, read and written by the connection's one task (not split: a split socket
 /// is kept behind a lock in an allocation of its own, taken on every read and write).
 type Sink = WebSocket;
-
-/// Milliseconds on tokio's clock since the first connection: what the connection's token
-/// bucket counts in (8 bytes a connection, where a timestamp would take 16).
-fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(tokio::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Completes when the pause (if any) is over.
 async fn resume(pause: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
@@ -50,8 +42,8 @@ pub(crate) fn start(
     let mut sink = socket;
     async move {
         let mut bucket = converge_core::Bucket::full(rate, now_ms());
-        // When the client was last told it is over its rate (ms on the clock above, plus 1;
-        // 0 = never).
+        // When the client was last told it is over its rate (the hub's clock, ms, plus 1;
+        // 0 = never): 8 bytes a connection, where an `Option<Instant>` takes 16.
         let mut told_ms: u64 = 0;
         // Boxed: a timer is large, and only a connection over its rate has one.
         let mut pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;

@@ -97,7 +97,19 @@ impl LogExecutor {
             .map_err(|_| Refusal::new(ErrorCode::Internal, "a blocking task panicked"))
     }
 
-    /// Completes when none of the work handed to [`Self::blocking`] is queued or running.
+    /// Runs `f` on the executor's threads without waiting for it (its result is not wanted).
+    pub fn in_background<F>(&self, f: F)
+    where
+        F: FnOnce(&LogExecutor) + Send + 'static,
+    {
+        let exec = self.clone();
+        if let Err(e) = self.work.submit(Box::new(move || f(&exec))) {
+            tracing::error!(error = %e.0, "background work not started");
+        }
+    }
+
+    /// Completes when none of the work handed to [`Self::blocking`] or
+    /// [`Self::in_background`] is queued or running.
     pub async fn idle(&self) {
         self.work.idle().await;
     }

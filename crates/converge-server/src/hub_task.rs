@@ -598,8 +598,7 @@ async fn run(
                 }
                 Output::Release { doc } => {
                     since_check.remove(&doc);
-                    let exec = exec.clone();
-                    tokio::spawn(async move { exec.blocking(move |e| e.evict(&doc)).await });
+                    exec.in_background(move |e| e.evict(&doc));
                 }
             }
         }

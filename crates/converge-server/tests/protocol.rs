@@ -375,7 +375,6 @@ async fn a_reader_that_stops_reading_is_dropped_and_the_others_keep_going() {
     s.handle.shutdown().await.unwrap();
 }
 
-/// Writes `value` at key "k", pushes the change and waits for its Ack.
 /// Automerge clients other than ours (automerge-repo, the JS package) send `Change::bytes()`,
 /// which deflates a change over 256 bytes (chunk type 2): the server takes it like a raw one,
 /// and every subscriber can apply what it fans out.
@@ -431,6 +430,7 @@ async fn compressed_changes_are_taken_and_fanned_out() {
     s.handle.shutdown().await.unwrap();
 }
 
+/// Writes `value` at key "k", pushes the change and waits for its Ack.
 async fn put_and_push(ws: &mut Ws, doc: &mut automerge::AutoCommit, value: String) {
     use automerge::transaction::Transactable;
     doc.put(automerge::ROOT, "k", value).unwrap();
