@@ -74,6 +74,9 @@ enum Command {
     /// p50/p99/max, server CPU per delivered change and RSS. Run it on the other core from
     /// the server: `taskset -c 1 converge bench` (the server is pinned to CPU 0).
     Bench(bench::BenchArgs),
+    /// The sender of `converge bench`'s floor measurement (its child process).
+    #[command(hide = true)]
+    BenchFloor(bench::FloorArgs),
     /// Creates a document from a JSON file and prints its id as the last line.
     Import {
         /// The JSON file (the document's typed shape; see docs/schema.md).
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token::run(args),
         Command::Demo { server } => demo::run(server),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::BenchFloor(args) => bench::floor_send(args).map(|()| ExitCode::SUCCESS),
         Command::Import { file, kind, data } => import(&file, kind, &data.data),
         Command::Replay { doc, at, data } => replay(&doc, at, &data.data),
         Command::Verify { data } => verify(&data.data),

@@ -17,9 +17,11 @@ use converge_proto::{Blob, ClientMsg, DocId, ServerMsg};
 use futures_util::StreamExt;
 
 mod flood;
+mod floor;
 mod ops;
 mod wire;
 
+pub(crate) use floor::{FloorArgs, send as floor_send};
 use wire::{ServerProc, connect, drain, keepalive, settle, subscribe};
 
 /// What `converge bench` runs.
@@ -274,6 +276,23 @@ async fn fanout(readers: usize, rate: u64, changes: usize) -> anyhow::Result<()>
     );
     // Delivery waits for durability: how much of the tail is the disk's.
     println!("  {}", server.log_report().await?);
+    drop(server);
+    // The floor under the CPU figure (see floor.rs), where enough frames are sent for
+    // /proc's 10 ms ticks to resolve it.
+    if readers * (changes - 1) >= 20_000 {
+        let sample = ServerMsg::Changes {
+            doc,
+            epoch: converge_proto::Epoch(1),
+            from_seq: converge_proto::Seq(2),
+            changes: vec![payload[1].clone()],
+        };
+        let bytes = floor::ws_frame_bytes(converge_proto::encode_server(&sample)?.len());
+        let per_send = floor::measure(readers, rate, changes - 1, bytes).await?;
+        println!(
+            "  floor: a plain process writing the same {bytes}-byte frames to {readers} loopback TCP sockets: {per_send:.2} us CPU per send; converge / floor = {:.2}",
+            cpu * 1e6 / delivered as f64 / per_send.max(f64::MIN_POSITIVE)
+        );
+    }
     Ok(())
 }
 

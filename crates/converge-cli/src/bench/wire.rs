@@ -165,23 +165,12 @@ impl ServerProc {
             "--data".into(),
             data.display().to_string(),
         ];
-        let pinned = Command::new("taskset").arg("-V").output().is_ok();
         // A profiler to run the server under, e.g. CONVERGE_BENCH_SERVER_WRAPPER=heaptrack
         // (its words come before the server's command line).
         let wrapper: Vec<String> = std::env::var("CONVERGE_BENCH_SERVER_WRAPPER")
             .map(|w| w.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
-        let mut cmd = if pinned {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").args(&wrapper).arg(&exe);
-            c
-        } else if let Some((first, rest)) = wrapper.split_first() {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
+        let mut cmd = pinned_command(&exe, &wrapper);
         // A process group of its own: a wrapper (a profiler's script) starts the server as its
         // child, and ending the bench must end both.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -220,13 +209,7 @@ impl ServerProc {
 
     /// CPU seconds (user + system) the server used so far.
     pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
-            + fields.get(12).context("stime")?.parse::<f64>()?;
-        Ok(ticks / clock_ticks())
+        proc_cpu_seconds(self.child.id())
     }
 
     /// One admin GET on the server's HTTP API: the body.
@@ -368,6 +351,34 @@ impl Drop for ServerProc {
 }
 
 /// Clock ticks per second for /proc times (`getconf CLK_TCK`; 100 on Linux nearly always).
+/// `exe` pinned to CPU 0 when `taskset` exists (the bench runs on CPU 1), under `wrapper`'s
+/// words (a profiler) if any.
+pub(crate) fn pinned_command(exe: &std::path::Path, wrapper: &[String]) -> Command {
+    let pinned = Command::new("taskset").arg("-V").output().is_ok();
+    if pinned {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg("0").args(wrapper).arg(exe);
+        c
+    } else if let Some((first, rest)) = wrapper.split_first() {
+        let mut c = Command::new(first);
+        c.args(rest).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+/// CPU seconds (user + system) a process used so far, from /proc.
+pub(crate) fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
+        + fields.get(12).context("stime")?.parse::<f64>()?;
+    Ok(ticks / clock_ticks())
+}
+
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
