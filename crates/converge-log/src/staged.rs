@@ -1,5 +1,7 @@
 //! Write staging in front of sled: batches land in an in-memory table and reach sled many at a
-//! time, in one `apply_batch`, with consecutive pages of a document joined (`page::coalesce`).
+//! time, in one `apply_batch` (or one plain insert when a drain holds a single write, which
+//! sled applies atomically on its own), with consecutive pages of a document joined
+//! (`page::coalesce`).
 //!
 //! Why: sled 0.34's `apply_batch` rolls its IO buffer twice per call to make the batch atomic
 //! (see `pin_log` in sled's pagecache), which costs ~80 us whatever the batch holds. One call

@@ -1,11 +1,13 @@
 //! The floor under server CPU per delivered change: what the kernel alone charges a sender
 //! for writing one frame to each of N loopback TCP sockets, measured in the same run as the
-//! server, the same way (a child process pinned to CPU 0, its CPU read from /proc).
+//! server, in a child process pinned to CPU 0 as the server is.
 //!
 //! The sender is as plain as a server can be: one thread, blocking `write`s of a prepared
 //! frame of the same size as the server's Changes frame, one per reader per change, at the
-//! fan-out's rate; no framing, no tasks, no log. Whatever per-delivery CPU it needs, no
-//! server that sends each reader its own copy over TCP can need less.
+//! fan-out's rate; no framing, no tasks, no log. It reports CPU per `write` call: at the
+//! fan-out's pace every change is its own frame and its own write on each socket, so no
+//! server that sends each reader its own copy over TCP can need less per delivery there (a
+//! server could put several changes in one write only when they arrive together).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::wire::{pinned_command, proc_cpu_seconds};
+use super::wire::pinned_command;
 
 /// The hidden `converge bench-floor` child: connects, waits for the go byte on every
 /// socket, sends, then waits for the parent to close.
@@ -53,6 +55,7 @@ pub(crate) fn send(args: FloorArgs) -> anyhow::Result<()> {
     }
     let frame = vec![0x82u8; args.frame_bytes];
     let every = Duration::from_micros(1_000_000 / args.rate.max(1));
+    let cpu0 = thread_cpu_ns()?;
     let start = Instant::now();
     for i in 0..args.frames {
         let due = start + every * i as u32;
@@ -63,10 +66,28 @@ pub(crate) fn send(args: FloorArgs) -> anyhow::Result<()> {
             s.write_all(&frame)?;
         }
     }
-    // Until the parent has read the CPU figure and closes.
+    let cpu = thread_cpu_ns()? - cpu0;
+    // The process's only thread, timed around the sends alone, to the nanosecond.
+    println!("{CPU_LINE}{cpu}");
+    std::io::stdout().flush()?;
+    // Until the parent has read the figure and closes.
     let mut rest = Vec::new();
     let _ = socks[0].read_to_end(&mut rest);
     Ok(())
+}
+
+/// How the child reports its CPU nanoseconds on stdout.
+const CPU_LINE: &str = "floor-cpu-ns ";
+
+/// CPU time the calling thread ran so far (the first field of its schedstat, in ns).
+fn thread_cpu_ns() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns = stat
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?;
+    Ok(ns)
 }
 
 /// The parent's side: CPU microseconds the child spent per frame sent, with `readers`
@@ -87,7 +108,19 @@ pub(crate) async fn measure(
         .args(["--rate", &rate.to_string()])
         .args(["--frame-bytes", &frame_bytes.to_string()])
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    // The child's one line, read off the runtime (a blocking read).
+    let report = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let line = lines.next().context("the floor sender exited early")??;
+        let ns: u64 = line
+            .strip_prefix(CPU_LINE)
+            .context("no CPU figure from the floor sender")?
+            .parse()?;
+        anyhow::Ok(ns)
+    });
     let result = async {
         let mut socks = Vec::with_capacity(readers);
         for _ in 0..readers {
@@ -96,7 +129,6 @@ pub(crate) async fn measure(
                 .context("the floor sender did not connect")??;
             socks.push(s);
         }
-        let cpu0 = proc_cpu_seconds(child.id())?;
         let mut tasks = Vec::with_capacity(readers);
         for mut s in socks {
             tasks.push(tokio::spawn(async move {
@@ -116,14 +148,15 @@ pub(crate) async fn measure(
         for t in tasks {
             open.push(tokio::time::timeout(limit, t).await???);
         }
-        let cpu = proc_cpu_seconds(child.id())? - cpu0;
+        let ns = tokio::time::timeout(Duration::from_secs(10), report)
+            .await
+            .context("the floor sender did not report")???;
         drop(open);
-        anyhow::Ok(cpu * 1e6 / (frames * readers).max(1) as f64)
+        anyhow::Ok(ns as f64 / 1e3 / (frames * readers).max(1) as f64)
     }
     .await;
-    if result.is_err() {
-        let _ = child.kill();
-    }
+    // Done either way (it would exit on its own once the sockets close).
+    let _ = child.kill();
     let _ = child.wait();
     result
 }

@@ -277,8 +277,8 @@ async fn fanout(readers: usize, rate: u64, changes: usize) -> anyhow::Result<()>
     // Delivery waits for durability: how much of the tail is the disk's.
     println!("  {}", server.log_report().await?);
     drop(server);
-    // The floor under the CPU figure (see floor.rs), where enough frames are sent for
-    // /proc's 10 ms ticks to resolve it.
+    // The floor under the CPU figure (see floor.rs), where the server's figure has enough
+    // sends behind it (the floor itself is timed to the nanosecond).
     if readers * (changes - 1) >= 20_000 {
         let sample = ServerMsg::Changes {
             doc,
@@ -289,7 +289,7 @@ async fn fanout(readers: usize, rate: u64, changes: usize) -> anyhow::Result<()>
         let bytes = floor::ws_frame_bytes(converge_proto::encode_server(&sample)?.len());
         let per_send = floor::measure(readers, rate, changes - 1, bytes).await?;
         println!(
-            "  floor: a plain process writing the same {bytes}-byte frames to {readers} loopback TCP sockets: {per_send:.2} us CPU per send; converge / floor = {:.2}",
+            "  floor: a plain process writing the same {bytes}-byte frames to {readers} loopback TCP sockets: {per_send:.2} us CPU per write; converge / floor = {:.2}",
             cpu * 1e6 / delivered as f64 / per_send.max(f64::MIN_POSITIVE)
         );
     }

@@ -350,7 +350,6 @@ impl Drop for ServerProc {
     }
 }
 
-/// Clock ticks per second for /proc times (`getconf CLK_TCK`; 100 on Linux nearly always).
 /// `exe` pinned to CPU 0 when `taskset` exists (the bench runs on CPU 1), under `wrapper`'s
 /// words (a profiler) if any.
 pub(crate) fn pinned_command(exe: &std::path::Path, wrapper: &[String]) -> Command {
@@ -369,7 +368,7 @@ pub(crate) fn pinned_command(exe: &std::path::Path, wrapper: &[String]) -> Comma
 }
 
 /// CPU seconds (user + system) a process used so far, from /proc.
-pub(crate) fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
@@ -379,6 +378,7 @@ pub(crate) fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / clock_ticks())
 }
 
+/// Clock ticks per second for /proc times (`getconf CLK_TCK`; 100 on Linux nearly always).
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
