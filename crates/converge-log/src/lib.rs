@@ -42,6 +42,7 @@
 mod change_info;
 mod codec;
 mod commit;
+mod disk_sync;
 mod docstore;
 mod entry;
 mod error;
