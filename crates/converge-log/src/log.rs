@@ -158,7 +158,15 @@ impl Log {
             old.copy_into(&new)?;
             (old.size_on_disk()?, new.size_on_disk()?)
         };
-        std::fs::write(&done, b"complete").map_err(|e| io("marking the copy complete", e))?;
+        // The marker is on disk, and named in its directory, before anything is moved: after
+        // a power cut, a marker means the copy is whole (its flush synced it).
+        std::fs::File::create(&done)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, b"complete")?;
+                f.sync_all()
+            })
+            .map_err(|e| io("marking the copy complete", e))?;
+        sync_parent(dir).map_err(|e| io("syncing the marker's directory", e))?;
         std::fs::rename(dir, &old_dir).map_err(|e| io("moving the old log aside", e))?;
         finish_vacuum(dir)?;
         Ok((before, after))
@@ -801,12 +809,24 @@ fn finish_vacuum(dir: &Path) -> Result<(), LogError> {
         if copy.exists() {
             std::fs::rename(&copy, dir).map_err(|e| io("moving the copy in place", e))?;
         }
+        // The swap is on disk before the marker goes: without the marker, a swap that a
+        // power cut took back could not be finished.
+        sync_parent(dir).map_err(|e| io("syncing the swap", e))?;
         std::fs::remove_file(&done).map_err(|e| io("removing the marker", e))?;
     }
     if old.exists() && dir.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| io("removing the old log", e))?;
     }
     Ok(())
+}
+
+/// Makes the entries of `path`'s directory (a creation, a rename) durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
 }
 
 /// Checks (or, for an empty store, writes) the on-disk format version.
