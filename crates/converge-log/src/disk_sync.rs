@@ -23,10 +23,11 @@ use crate::sync::lock;
 const LOG_FILE: &str = "db";
 const BLOB_DIR: &str = "blobs";
 
-/// A directory whose modification time is at least this old is trusted to be unchanged while
-/// that time stays the same: the kernel stamps it from a coarse clock, so a blob created just
-/// after a listing could leave a younger stamp as it was.
-const STAMP_SLACK: Duration = Duration::from_secs(2);
+/// The kernel stamps a directory's modification time from a coarse clock (a tick of a few
+/// ms), so a blob created just after a listing, in the same tick as the change before it,
+/// leaves the stamp as it was. A listing that began at least this long after the stamp saw
+/// every change that stamp stands for; an unchanged stamp then means nothing new.
+const STAMP_SLACK: Duration = Duration::from_millis(100);
 
 pub(crate) struct DiskSync {
     log: File,
@@ -38,6 +39,8 @@ pub(crate) struct DiskSync {
 struct Seen {
     /// The blob directory's modification time when it was last listed in full.
     stamp: Option<SystemTime>,
+    /// When that listing began.
+    listed_at: Option<SystemTime>,
     /// Blob files already synced.
     synced: HashSet<OsString>,
 }
@@ -89,12 +92,16 @@ impl DiskSync {
             Err(e) => return Err(io("cannot read", &self.blobs, e)),
         };
         let mut seen = lock(&self.seen);
-        let settled = stamp
-            .and_then(|s| SystemTime::now().duration_since(s).ok())
-            .is_some_and(|age| age >= STAMP_SLACK);
-        if settled && stamp.is_some() && seen.stamp == stamp {
+        let settled = match (stamp, seen.stamp, seen.listed_at) {
+            (Some(now), Some(then), Some(listed)) => {
+                now == then && listed.duration_since(then).is_ok_and(|d| d >= STAMP_SLACK)
+            }
+            _ => false,
+        };
+        if settled {
             return Ok(());
         }
+        let listed_at = SystemTime::now();
         let entries =
             std::fs::read_dir(&self.blobs).map_err(|e| io("cannot list", &self.blobs, e))?;
         let mut present = HashSet::new();
@@ -117,6 +124,7 @@ impl DiskSync {
         }
         seen.synced = present;
         seen.stamp = stamp;
+        seen.listed_at = Some(listed_at);
         Ok(())
     }
 }
