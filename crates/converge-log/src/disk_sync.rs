@@ -26,8 +26,11 @@ const BLOB_DIR: &str = "blobs";
 /// The kernel stamps a directory's modification time from a coarse clock (a tick of a few
 /// ms), so a blob created just after a listing, in the same tick as the change before it,
 /// leaves the stamp as it was. A listing that began at least this long after the stamp saw
-/// every change that stamp stands for; an unchanged stamp then means nothing new.
+/// every change that stamp stands for; an unchanged stamp then means nothing new. Local file
+/// systems are assumed (a network one's server clock may differ from ours).
 const STAMP_SLACK: Duration = Duration::from_millis(100);
+/// The same for a file system that keeps whole seconds only (its stamps have no fraction).
+const COARSE_STAMP_SLACK: Duration = Duration::from_millis(2_100);
 
 pub(crate) struct DiskSync {
     log: File,
@@ -65,18 +68,33 @@ impl DiskSync {
             blobs: dir.join(BLOB_DIR),
             seen: Mutex::default(),
         };
-        me.sync()?;
-        // The directory's own entries (the log file, sled's config, the blob directory).
+        // Nothing is in sled yet: no blob is being written.
+        me.sync(&|| {})?;
+        // sled's config, which it never syncs, and the directory's own entries (the log
+        // file, the config, the blob directory), and the directory's entry in its parent.
+        let conf = dir.join("conf");
+        if conf.exists() {
+            File::open(&conf)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("cannot sync", &conf, e))?;
+        }
         sync_dir(dir)?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
         Ok(me)
     }
 
-    /// Makes everything sled flushed so far durable. Call after sled's flush returned.
-    pub(crate) fn sync(&self) -> Result<(), LogError> {
+    /// Makes everything sled flushed so far durable. Call after sled's flush returned, with
+    /// `quiesce` returning once no call into sled that began before it is still running
+    /// (sled writes a blob file in several steps within one call).
+    pub(crate) fn sync(&self, quiesce: &dyn Fn()) -> Result<(), LogError> {
         self.log
             .sync_data()
             .map_err(|e| io("cannot sync", Path::new(LOG_FILE), e))?;
-        self.sync_blobs()
+        self.sync_blobs(quiesce)
     }
 
     /// Whether the blob file `name` was synced (for tests).
@@ -85,7 +103,7 @@ impl DiskSync {
         lock(&self.seen).synced.contains(name)
     }
 
-    fn sync_blobs(&self) -> Result<(), LogError> {
+    fn sync_blobs(&self, quiesce: &dyn Fn()) -> Result<(), LogError> {
         let stamp = match std::fs::metadata(&self.blobs) {
             Ok(m) => m.modified().ok(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -94,7 +112,15 @@ impl DiskSync {
         let mut seen = lock(&self.seen);
         let settled = match (stamp, seen.stamp, seen.listed_at) {
             (Some(now), Some(then), Some(listed)) => {
-                now == then && listed.duration_since(then).is_ok_and(|d| d >= STAMP_SLACK)
+                let whole_seconds = then
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .is_ok_and(|d| d.subsec_nanos() == 0);
+                let slack = if whole_seconds {
+                    COARSE_STAMP_SLACK
+                } else {
+                    STAMP_SLACK
+                };
+                now == then && listed.duration_since(then).is_ok_and(|d| d >= slack)
             }
             _ => false,
         };
@@ -105,21 +131,30 @@ impl DiskSync {
         let entries =
             std::fs::read_dir(&self.blobs).map_err(|e| io("cannot list", &self.blobs, e))?;
         let mut present = HashSet::new();
-        let mut new = false;
+        let mut fresh = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io("cannot list", &self.blobs, e))?;
             let name = entry.file_name();
             if !seen.synced.contains(&name) {
-                match File::open(entry.path()).and_then(|f| f.sync_all()) {
-                    Ok(()) => new = true,
-                    // Removed by sled in the meantime (an obsolete blob): nothing to keep.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io("cannot sync", &entry.path(), e)),
-                }
+                fresh.push((name.clone(), entry.path()));
             }
             present.insert(name);
         }
-        if new {
+        if !fresh.is_empty() {
+            // A blob sled is still writing may be among them: let every call into sled that
+            // is running now end, so each listed file is whole when synced (sled never
+            // writes to a blob file again once the call that made it has returned).
+            quiesce();
+            for (name, path) in fresh {
+                match File::open(&path).and_then(|f| f.sync_all()) {
+                    Ok(()) => {}
+                    // Removed by sled in the meantime (an obsolete blob): nothing to keep.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        present.remove(&name);
+                    }
+                    Err(e) => return Err(io("cannot sync", &path, e)),
+                }
+            }
             sync_dir(&self.blobs)?;
         }
         seen.synced = present;
@@ -138,19 +173,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LOG_FILE), b"log").unwrap();
         let sync = DiskSync::open(dir.path()).unwrap();
+        let quiesced = std::cell::Cell::new(0);
+        let quiesce = || quiesced.set(quiesced.get() + 1);
         // No blob directory yet: nothing to do.
-        sync.sync().unwrap();
+        sync.sync(&quiesce).unwrap();
         std::fs::create_dir(dir.path().join(BLOB_DIR)).unwrap();
         std::fs::write(dir.path().join(BLOB_DIR).join("17"), b"blob").unwrap();
-        sync.sync().unwrap();
-        assert!(lock(&sync.seen).synced.contains(&OsString::from("17")));
+        sync.sync(&quiesce).unwrap();
+        assert!(sync.has_synced(std::ffi::OsStr::new("17")));
+        assert_eq!(quiesced.get(), 1, "a new blob waits for sled's calls first");
+        // Nothing new: no wait.
+        sync.sync(&quiesce).unwrap();
+        assert_eq!(quiesced.get(), 1);
         std::fs::remove_file(dir.path().join(BLOB_DIR).join("17")).unwrap();
         std::fs::write(dir.path().join(BLOB_DIR).join("18"), b"blob").unwrap();
-        sync.sync().unwrap();
-        let seen = lock(&sync.seen);
-        assert!(seen.synced.contains(&OsString::from("18")));
+        sync.sync(&quiesce).unwrap();
+        assert!(sync.has_synced(std::ffi::OsStr::new("18")));
         assert!(
-            !seen.synced.contains(&OsString::from("17")),
+            !sync.has_synced(std::ffi::OsStr::new("17")),
             "a removed blob is forgotten"
         );
     }

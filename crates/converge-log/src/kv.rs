@@ -80,6 +80,10 @@ pub(crate) struct SledKv {
     db: sled::Db,
     /// Syncs what sled's flush leaves in the page cache (see `disk_sync`).
     disk: crate::disk_sync::DiskSync,
+    /// Held (shared) by every call into sled. sled writes a large value's blob file in
+    /// several steps inside such a call, so syncing blob files takes it exclusively for a
+    /// moment first: every blob file listed is then whole when it is synced.
+    gate: RwLock<()>,
 }
 
 impl SledKv {
@@ -96,7 +100,11 @@ impl SledKv {
             match sled::Config::new().path(path).flush_every_ms(None).open() {
                 Ok(db) => {
                     let disk = crate::disk_sync::DiskSync::open(path)?;
-                    return Ok(Self { db, disk });
+                    return Ok(Self {
+                        db,
+                        disk,
+                        gate: RwLock::new(()),
+                    });
                 }
                 Err(e) if is_lock_error(&e) => {
                     if std::time::Instant::now() >= deadline {
@@ -116,6 +124,7 @@ impl SledKv {
 impl SledKv {
     /// Copies every record into `other` in large atomic batches, then flushes it.
     pub(crate) fn copy_into(&self, other: &SledKv) -> Result<u64, LogError> {
+        let _open = read(&self.gate);
         let mut copied = 0u64;
         let mut batch = sled::Batch::default();
         let mut in_batch = 0usize;
@@ -125,11 +134,15 @@ impl SledKv {
             in_batch += 1;
             copied += 1;
             if in_batch == 10_000 {
+                let _open = read(&other.gate);
                 other.db.apply_batch(std::mem::take(&mut batch))?;
                 in_batch = 0;
             }
         }
-        other.db.apply_batch(batch)?;
+        {
+            let _open = read(&other.gate);
+            other.db.apply_batch(batch)?;
+        }
         other.flush()?;
         Ok(copied)
     }
@@ -137,6 +150,7 @@ impl SledKv {
 
 impl Kv for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        let _open = read(&self.gate);
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
@@ -147,6 +161,7 @@ impl Kv for SledKv {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Pair>, LogError> {
+        let _open = read(&self.gate);
         let iter = self.db.range(start..end);
         let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
             Box::new(iter.rev())
@@ -168,6 +183,7 @@ impl Kv for SledKv {
         // that the next flush writes three buffers, each with its own `sync_file_range`, where
         // one would do. A document written a change at a time (the usual case for a live
         // server: one page key per flush) pays that on every change.
+        let _open = read(&self.gate);
         if batch.ops.len() == 1 {
             if let Some((k, v)) = batch.ops.pop() {
                 match v {
@@ -189,15 +205,21 @@ impl Kv for SledKv {
     }
 
     fn flush(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        self.disk.sync()
+        {
+            let _open = read(&self.gate);
+            self.db.flush()?;
+        }
+        // Not holding the gate: the sync waits, exclusively, for calls still in sled.
+        self.disk.sync(&|| drop(write(&self.gate)))
     }
 
     fn is_empty(&self) -> Result<bool, LogError> {
+        let _open = read(&self.gate);
         Ok(self.db.is_empty())
     }
 
     fn size_on_disk(&self) -> Result<u64, LogError> {
+        let _open = read(&self.gate);
         Ok(self.db.size_on_disk()?)
     }
 }

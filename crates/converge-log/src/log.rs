@@ -789,7 +789,9 @@ impl Log {
 
 /// `<dir>.vacuum` (the copy), its completion marker, and `<dir>.vacuum-old` (the old log).
 fn vacuum_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let mut base = dir.as_os_str().to_owned();
+    // `components` drops a trailing separator: `data/log/` must give `data/log.vacuum`, a
+    // sibling, not `data/log/.vacuum` inside the log.
+    let mut base = dir.components().as_path().as_os_str().to_owned();
     base.push(".vacuum");
     let copy = std::path::PathBuf::from(base);
     let done = copy.with_extension("vacuum-complete");
@@ -803,7 +805,8 @@ fn finish_vacuum(dir: &Path) -> Result<(), LogError> {
     let (copy, done, old) = vacuum_paths(dir);
     let io = |what: &str, e: std::io::Error| LogError::Storage(format!("vacuum: {what}: {e}"));
     if done.exists() {
-        if dir.exists() && !old.exists() {
+        // The live log moves aside only for a copy to take its place.
+        if dir.exists() && !old.exists() && copy.exists() {
             std::fs::rename(dir, &old).map_err(|e| io("moving the old log aside", e))?;
         }
         if copy.exists() {

@@ -332,6 +332,29 @@ fn vacuum_gives_back_the_space_of_compacted_entries() {
 }
 
 #[test]
+fn vacuum_takes_a_path_with_a_trailing_slash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let id = {
+        let log: Arc<converge_log::Log> =
+            Arc::new(converge_log::SledLog::open(&path, LogConfig::default()).unwrap());
+        let store = DocStore::new(log, StoreConfig::default());
+        let (id, _) = store
+            .create(&user("alice"), 1, |d| d.put(ROOT, "n", 7))
+            .unwrap();
+        id
+    };
+    let slashed = format!("{}/", path.display());
+    converge_log::Log::vacuum(&slashed).unwrap();
+    // The copy was built beside the log, not inside it, and nothing is left over.
+    assert!(!path.join(".vacuum").exists());
+    assert!(!dir.path().join("log.vacuum").exists());
+    assert!(!dir.path().join("log.vacuum-old").exists());
+    let log = Arc::new(converge_log::SledLog::open(&slashed, LogConfig::default()).unwrap());
+    assert_eq!(log.head(&id).unwrap().last_seq, Seq(1));
+}
+
+#[test]
 fn a_long_tail_is_snapshotted_for_a_joiner() {
     let (store, id, me) = store_with_doc();
     for i in 0..30 {
