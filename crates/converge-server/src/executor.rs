@@ -1,6 +1,7 @@
 //! Executes the hub's storage requests against the log. Synchronous: call it from a thread
 //! that may block. Shared by the server and the simulation, so both shells behave alike.
 
+use crate::workers::Priority;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
@@ -86,12 +87,33 @@ impl LogExecutor {
         F: FnOnce(&LogExecutor) -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.run(Priority::Waited, f).await
+    }
+
+    /// As [`Self::blocking`], for work no client waits for (a snapshot): it queues behind
+    /// everything [`Self::blocking`] hands over, and runs on all but two of the threads.
+    pub async fn blocking_background<R, F>(&self, f: F) -> Result<R, Refusal>
+    where
+        F: FnOnce(&LogExecutor) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.run(Priority::Background, f).await
+    }
+
+    async fn run<R, F>(&self, priority: Priority, f: F) -> Result<R, Refusal>
+    where
+        F: FnOnce(&LogExecutor) -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let exec = self.clone();
         self.work
-            .submit(Box::new(move || {
-                let _ = tx.send(f(&exec));
-            }))
+            .submit(
+                priority,
+                Box::new(move || {
+                    let _ = tx.send(f(&exec));
+                }),
+            )
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.0))?;
         rx.await
             .map_err(|_| Refusal::new(ErrorCode::Internal, "a blocking task panicked"))
@@ -103,7 +125,10 @@ impl LogExecutor {
         F: FnOnce(&LogExecutor) + Send + 'static,
     {
         let exec = self.clone();
-        if let Err(e) = self.work.submit(Box::new(move || f(&exec))) {
+        if let Err(e) = self
+            .work
+            .submit(Priority::Background, Box::new(move || f(&exec)))
+        {
             tracing::error!(error = %e.0, "background work not started");
         }
     }

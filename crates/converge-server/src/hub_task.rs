@@ -727,7 +727,7 @@ fn snapshot_in_background(exec: &LogExecutor, tx: &mpsc::Sender<HubEvent>, doc: 
     let tx = tx.clone();
     tokio::spawn(async move {
         let result = exec
-            .blocking(move |e| match rule {
+            .blocking_background(move |e| match rule {
                 Rule::Due => e.snapshot_if_due(&doc),
                 Rule::ForJoiners => e.snapshot_for_joiners(&doc),
             })

@@ -6,21 +6,63 @@
 //! the previous thread was idle again. Every thread keeps a stack and a glibc arena (~33 KiB
 //! of RSS) while it lives. Here the threads are started once, on first use, and the work
 //! queues for them.
+//!
+//! Two queues: work someone waits for (a catch-up, a reconciliation step, loading locks) goes
+//! first, and work nobody waits for (snapshots, eviction) runs on all but two threads at
+//! most, so a run of long snapshots cannot hold up a joining client's catch-up.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The threads, and the queue that feeds them. Dropping the last handle lets the threads end
-/// once the queue is empty.
+/// Which queue a job waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// Someone is waiting for the result.
+    Waited,
+    /// Nobody is: it may wait behind everything `Waited`.
+    Background,
+}
+
+/// Threads kept free of background work, for the work someone waits for.
+const KEPT_FOR_WAITED: usize = 2;
+
+/// The threads, and the queue that feeds them. Dropping it lets the threads end once the
+/// queue is empty.
 #[derive(Debug)]
 pub(crate) struct Workers {
     size: usize,
-    queue: Mutex<Option<Sender<Job>>>,
+    shared: Mutex<Option<Arc<Shared>>>,
     /// Jobs queued or running (a shutdown waits for none).
     busy: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+#[derive(Default)]
+struct Queues {
+    waited: VecDeque<Job>,
+    background: VecDeque<Job>,
+    /// Background jobs running now.
+    running_background: usize,
+    /// No more jobs will come: threads end once the queues are empty.
+    closed: bool,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    /// Signalled when a job is queued, a background job ends, or the queues close.
+    ready: Condvar,
+    /// At most this many background jobs run at once.
+    background_limit: usize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("background_limit", &self.background_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The work could not be queued: no thread could be started.
@@ -31,7 +73,7 @@ impl Workers {
     pub(crate) fn new(size: usize) -> Self {
         Self {
             size: size.max(1),
-            queue: Mutex::new(None),
+            shared: Mutex::new(None),
             busy: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
@@ -43,11 +85,18 @@ impl Workers {
     }
 
     /// Queues `job`; the first call starts the threads.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), NoWorkers> {
-        let mut queue = crate::lock(&self.queue);
-        if queue.is_none() {
-            *queue = Some(self.start()?);
-        }
+    pub(crate) fn submit(&self, priority: Priority, job: Job) -> Result<(), NoWorkers> {
+        let shared = {
+            let mut slot = crate::lock(&self.shared);
+            match slot.as_ref() {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.start()?;
+                    *slot = Some(s.clone());
+                    s
+                }
+            }
+        };
         self.busy.send_modify(|n| *n += 1);
         // Counted down however the job ends: run, panicked, or dropped unrun.
         let done = Done(self.busy.clone());
@@ -55,24 +104,45 @@ impl Workers {
             let _done = done;
             job();
         });
-        match queue.as_ref().map(|q| q.send(counted)) {
-            Some(Ok(())) => Ok(()),
-            // The job was dropped unrun: its guard already counted it down.
-            _ => Err(NoWorkers("the work threads are gone".into())),
+        {
+            let mut q = crate::lock(&shared.queues);
+            match priority {
+                Priority::Waited => q.waited.push_back(counted),
+                Priority::Background => q.background.push_back(counted),
+            }
         }
+        shared.ready.notify_one();
+        Ok(())
     }
 
-    fn start(&self) -> Result<Sender<Job>, NoWorkers> {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+    fn start(&self) -> Result<Arc<Shared>, NoWorkers> {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+            background_limit: self.size.saturating_sub(KEPT_FOR_WAITED).max(1),
+        });
         for i in 0..self.size {
-            let rx = rx.clone();
-            std::thread::Builder::new()
+            let worker = shared.clone();
+            let started = std::thread::Builder::new()
                 .name(format!("converge-work-{i}"))
-                .spawn(move || work(&rx))
-                .map_err(|e| NoWorkers(format!("cannot start a work thread: {e}")))?;
+                .spawn(move || work(&worker));
+            if let Err(e) = started {
+                // The threads already started end at once.
+                crate::lock(&shared.queues).closed = true;
+                shared.ready.notify_all();
+                return Err(NoWorkers(format!("cannot start a work thread: {e}")));
+            }
         }
-        Ok(tx)
+        Ok(shared)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Some(shared) = crate::lock(&self.shared).take() {
+            crate::lock(&shared.queues).closed = true;
+            shared.ready.notify_all();
+        }
     }
 }
 
@@ -85,21 +155,84 @@ impl Drop for Done {
     }
 }
 
-/// Runs jobs until the queue is closed and empty. A job that panics ends alone: its caller
-/// sees its result channel closed; the thread goes on.
-fn work(rx: &Mutex<Receiver<Job>>) {
+/// Runs jobs until the queues are closed and empty, waited-for work first. A job that
+/// panics ends alone: its caller sees its result channel closed; the thread goes on.
+fn work(shared: &Shared) {
     loop {
-        let job = {
-            let rx = crate::lock(rx);
-            rx.recv()
-        };
-        match job {
-            Ok(job) => {
-                if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                    tracing::error!("a blocking task panicked");
+        let (job, background) = {
+            let mut q = crate::lock(&shared.queues);
+            loop {
+                if let Some(job) = q.waited.pop_front() {
+                    break (job, false);
                 }
+                if q.running_background < shared.background_limit
+                    && let Some(job) = q.background.pop_front()
+                {
+                    q.running_background += 1;
+                    break (job, true);
+                }
+                if q.closed && q.waited.is_empty() && q.background.is_empty() {
+                    return;
+                }
+                q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
             }
-            Err(_) => return,
+        };
+        if catch_unwind(AssertUnwindSafe(job)).is_err() {
+            tracing::error!("a blocking task panicked");
         }
+        if background {
+            crate::lock(&shared.queues).running_background -= 1;
+            // A thread may be waiting for room to run the next background job.
+            shared.ready.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn waited_work_passes_background_work_and_keeps_its_threads() {
+        // Three threads: at most one runs background work.
+        let workers = Workers::new(3);
+        let (release_tx, release_rx) = channel::<()>();
+        let (started_tx, started_rx) = channel::<()>();
+        let (order_tx, order_rx) = channel::<&'static str>();
+        workers
+            .submit(
+                Priority::Background,
+                Box::new(move || {
+                    started_tx.send(()).unwrap();
+                    // Holds the one background slot until the test lets it go (or gives up).
+                    let _ = release_rx.recv_timeout(WAIT);
+                }),
+            )
+            .unwrap();
+        started_rx.recv_timeout(WAIT).unwrap();
+        let o = order_tx.clone();
+        workers
+            .submit(
+                Priority::Background,
+                Box::new(move || o.send("background").unwrap()),
+            )
+            .unwrap();
+        let o = order_tx.clone();
+        workers
+            .submit(
+                Priority::Waited,
+                Box::new(move || o.send("waited").unwrap()),
+            )
+            .unwrap();
+        // The waited job runs on a free thread while the second background job waits for
+        // the slot.
+        assert_eq!(order_rx.recv_timeout(WAIT).unwrap(), "waited");
+        assert!(order_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        release_tx.send(()).unwrap();
+        assert_eq!(order_rx.recv_timeout(WAIT).unwrap(), "background");
     }
 }
