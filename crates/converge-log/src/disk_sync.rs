@@ -52,10 +52,21 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> LogError {
     LogError::Storage(format!("{what} {}: {e}", path.display()))
 }
 
+/// `fsync` of a file or a directory (a directory's sync makes its entries durable).
+fn fsync(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("cannot sync directory", dir, e))
+    fsync(dir).map_err(|e| io("cannot sync directory", dir, e))
+}
+
+/// Makes the entries of `path`'s directory (a creation, a rename) durable.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => fsync(p),
+        _ => fsync(Path::new(".")),
+    }
 }
 
 impl DiskSync {
@@ -74,16 +85,10 @@ impl DiskSync {
         // file, the config, the blob directory), and the directory's entry in its parent.
         let conf = dir.join("conf");
         if conf.exists() {
-            File::open(&conf)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io("cannot sync", &conf, e))?;
+            fsync(&conf).map_err(|e| io("cannot sync", &conf, e))?;
         }
         sync_dir(dir)?;
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
+        sync_parent(dir).map_err(|e| io("cannot sync the directory holding", dir, e))?;
         Ok(me)
     }
 
@@ -146,7 +151,7 @@ impl DiskSync {
             // writes to a blob file again once the call that made it has returned).
             quiesce();
             for (name, path) in fresh {
-                match File::open(&path).and_then(|f| f.sync_all()) {
+                match fsync(&path) {
                     Ok(()) => {}
                     // Removed by sled in the meantime (an obsolete blob): nothing to keep.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -184,13 +184,13 @@ impl Kv for SledKv {
         // one would do. A document written a change at a time (the usual case for a live
         // server: one page key per flush) pays that on every change.
         let _open = read(&self.gate);
-        if batch.ops.len() == 1 {
-            if let Some((k, v)) = batch.ops.pop() {
-                match v {
-                    Some(v) => self.db.insert(k, v)?,
-                    None => self.db.remove(k)?,
-                };
-            }
+        if batch.ops.len() == 1
+            && let Some((k, v)) = batch.ops.pop()
+        {
+            match v {
+                Some(v) => self.db.insert(k, v)?,
+                None => self.db.remove(k)?,
+            };
             return Ok(());
         }
         let mut b = sled::Batch::default();

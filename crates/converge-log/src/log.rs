@@ -166,7 +166,7 @@ impl Log {
                 f.sync_all()
             })
             .map_err(|e| io("marking the copy complete", e))?;
-        sync_parent(dir).map_err(|e| io("syncing the marker's directory", e))?;
+        crate::disk_sync::sync_parent(dir).map_err(|e| io("syncing the marker's directory", e))?;
         std::fs::rename(dir, &old_dir).map_err(|e| io("moving the old log aside", e))?;
         finish_vacuum(dir)?;
         Ok((before, after))
@@ -814,22 +814,13 @@ fn finish_vacuum(dir: &Path) -> Result<(), LogError> {
         }
         // The swap is on disk before the marker goes: without the marker, a swap that a
         // power cut took back could not be finished.
-        sync_parent(dir).map_err(|e| io("syncing the swap", e))?;
+        crate::disk_sync::sync_parent(dir).map_err(|e| io("syncing the swap", e))?;
         std::fs::remove_file(&done).map_err(|e| io("removing the marker", e))?;
     }
     if old.exists() && dir.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| io("removing the old log", e))?;
     }
     Ok(())
-}
-
-/// Makes the entries of `path`'s directory (a creation, a rename) durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(parent)?.sync_all()
 }
 
 /// Checks (or, for an empty store, writes) the on-disk format version.

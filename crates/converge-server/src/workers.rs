@@ -214,20 +214,15 @@ mod tests {
             )
             .unwrap();
         started_rx.recv_timeout(WAIT).unwrap();
-        let o = order_tx.clone();
-        workers
-            .submit(
-                Priority::Background,
-                Box::new(move || o.send("background").unwrap()),
-            )
-            .unwrap();
-        let o = order_tx.clone();
-        workers
-            .submit(
-                Priority::Waited,
-                Box::new(move || o.send("waited").unwrap()),
-            )
-            .unwrap();
+        // A job that reports its label when it runs.
+        let record = |priority, label: &'static str| {
+            let o = order_tx.clone();
+            workers
+                .submit(priority, Box::new(move || o.send(label).unwrap()))
+                .unwrap();
+        };
+        record(Priority::Background, "background");
+        record(Priority::Waited, "waited");
         // The waited job runs on a free thread while the second background job waits for
         // the slot.
         assert_eq!(order_rx.recv_timeout(WAIT).unwrap(), "waited");
