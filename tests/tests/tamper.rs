@@ -14,17 +14,21 @@ const OTHER: DocId = DocId::from_bytes([6; 16]);
 
 /// Two documents of ten changes each.
 fn build(dir: &Path) {
-    let log = SledLog::open(dir, LogConfig::default()).unwrap();
+    let mut log = SledLog::open(dir, LogConfig::default()).unwrap();
     for d in [DOC, OTHER] {
         log.create(d, Epoch(1)).unwrap().wait().unwrap();
         let mut w = Writer::new(&[d.as_bytes()[0]; 16]);
-        // One append per change, so each entry is a page of its own under its seq's key.
+        // One append per change, each closed into sled before the next, so each entry is a
+        // page of its own under its seq's key (appends that reach sled in one drain share
+        // pages).
         for i in 0..10 {
             log.append(&d, vec![change_entry(&user("a"), w.put("k", i))])
                 .unwrap()
                 .durable
                 .wait()
                 .unwrap();
+            drop(log);
+            log = SledLog::open(dir, LogConfig::default()).unwrap();
         }
     }
 }
@@ -146,6 +150,10 @@ fn a_sled_database_that_is_not_a_log_is_refused() {
         SledLog::open(dir.path(), LogConfig::default()).unwrap_err(),
         LogError::NotALog(_)
     ));
+    assert!(
+        !dir.path().join("journal").exists(),
+        "nothing of ours is written into a database that is not a log"
+    );
 }
 
 /// Found by the stored_entry fuzz target: a page framing an empty entry and then a cut-short

@@ -47,7 +47,8 @@ struct State {
     wanted: bool,
     /// The flusher is parked; only then does a new ticket need to wake it.
     idle: bool,
-    /// Buffered mode: staged writes passed `drain_at`; drain them before the next flush.
+    /// Staged writes passed `drain_at`: drain them (buffered mode: the flusher, before its
+    /// next flush; `Fsync` mode: the drainer).
     drain_wanted: bool,
     closed: bool,
     /// Set by the first failed flush; every ticket fails from then on.
@@ -66,6 +67,8 @@ struct Shared {
     work: Condvar,
     /// Wakes threads blocked in [`Durable::wait`], by the parity of the flush they wait for.
     done: [Condvar; 2],
+    /// Wakes the drainer (`Fsync` mode).
+    drain: Condvar,
 }
 
 impl Shared {
@@ -82,6 +85,8 @@ pub(crate) struct Committer {
     /// Staged bytes at which a buffered log drains in the background.
     drain_at: usize,
     thread: Option<JoinHandle<()>>,
+    /// `Fsync` mode's drainer thread.
+    drainer: Option<JoinHandle<()>>,
 }
 
 impl Committer {
@@ -96,8 +101,35 @@ impl Committer {
             let kv = kv.clone();
             std::thread::Builder::new()
                 .name("converge-log-flush".into())
-                .spawn(move || flusher(&shared, kv.as_ref(), durability))
+                .spawn(move || flusher(&shared, kv.as_ref(), durability, drain_at))
                 .map_err(|e| LogError::Storage(format!("cannot start flusher: {e}")))?
+        };
+        let drainer = match durability {
+            Durability::Buffered { .. } => None,
+            Durability::Fsync => {
+                let spawned = {
+                    let shared = shared.clone();
+                    let kv = kv.clone();
+                    std::thread::Builder::new()
+                        .name("converge-log-drain".into())
+                        .spawn(move || drainer(&shared, kv.as_ref()))
+                };
+                match spawned {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        // Stop the flusher before reporting.
+                        drop(Self {
+                            shared,
+                            durability,
+                            kv,
+                            drain_at,
+                            thread: Some(thread),
+                            drainer: None,
+                        });
+                        return Err(LogError::Storage(format!("cannot start drainer: {e}")));
+                    }
+                }
+            }
         };
         Ok(Self {
             shared,
@@ -105,6 +137,7 @@ impl Committer {
             kv,
             drain_at,
             thread: Some(thread),
+            drainer,
         })
     }
 
@@ -160,7 +193,11 @@ impl Drop for Committer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.work.notify_all();
+        self.shared.drain.notify_all();
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.drainer.take() {
             let _ = t.join();
         }
         // Whatever was applied and not yet flushed becomes durable on a clean close.
@@ -170,7 +207,7 @@ impl Drop for Committer {
     }
 }
 
-fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
+fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability, drain_at: usize) {
     let mut next_flush = std::time::Instant::now();
     loop {
         let (number, closed) = {
@@ -214,12 +251,43 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability) {
             }
         };
         wake_waiters(shared, st, number, all);
+        // Staged writes reach the store on the drainer's thread, so flushes go on while
+        // sled indexes them: with a journal the flush made them durable already, and a
+        // larger table coalesces more rewrites of the same keys.
+        if durability == Durability::Fsync && !all && kv.backlog() >= drain_at {
+            let mut st = shared.lock();
+            if !st.drain_wanted {
+                st.drain_wanted = true;
+                drop(st);
+                shared.drain.notify_one();
+            }
+        }
         if closed {
             // Tickets taken after the last flush started fail with Closed when they look.
             let mut st = shared.lock();
             st.poisoned.get_or_insert(LogError::Closed);
             wake_waiters(shared, st, number, true);
             return;
+        }
+    }
+}
+
+/// `Fsync` mode: drains staged writes into the store whenever the flusher asks.
+fn drainer(shared: &Shared, kv: &dyn Kv) {
+    loop {
+        let mut st = shared.lock();
+        while !st.drain_wanted && !st.closed {
+            st = shared.drain.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.closed {
+            return;
+        }
+        st.drain_wanted = false;
+        drop(st);
+        // A failed drain keeps its writes staged; the next one retries them (and a failed
+        // journal fails the flushes, which poisons the log).
+        if let Err(e) = kv.drain() {
+            tracing::warn!(error = %e, "background drain failed");
         }
     }
 }

@@ -108,7 +108,8 @@ impl DiskSync {
         lock(&self.seen).synced.contains(name)
     }
 
-    fn sync_blobs(&self, quiesce: &dyn Fn()) -> Result<(), LogError> {
+    /// Syncs blob files created since the last call (and the blob directory), only.
+    pub(crate) fn sync_blobs(&self, quiesce: &dyn Fn()) -> Result<(), LogError> {
         let stamp = match std::fs::metadata(&self.blobs) {
             Ok(m) => m.modified().ok(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -5,6 +5,8 @@ use converge_proto::{ClientId, DocId, MutationId, Seq};
 
 pub(crate) const FORMAT: &[u8] = b"Fformat";
 pub(crate) const FENCE: &[u8] = b"Gfence";
+/// The serial of the last journal record sled applied (8 bytes; see `journal`).
+pub(crate) const JOURNAL: &[u8] = b"Jjournal";
 pub(crate) const META: u8 = b'D';
 pub(crate) const ENTRY: u8 = b'E';
 pub(crate) const HASH: u8 = b'H';

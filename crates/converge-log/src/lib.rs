@@ -47,6 +47,7 @@ mod docstore;
 mod entry;
 mod error;
 mod event_log;
+mod journal;
 mod keys;
 mod kv;
 mod log;

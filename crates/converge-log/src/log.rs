@@ -129,7 +129,14 @@ impl Log {
     /// Opens (or creates) a log in `dir` on sled.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
         finish_vacuum(dir.as_ref())?;
-        let kv = Staged::new(SledKv::open(dir.as_ref())?, STAGE_BYTES);
+        let dir = dir.as_ref();
+        let sled = SledKv::open(dir)?;
+        // A directory without a journal is new, or a log from before the journal, or not a
+        // log at all: refuse the last before creating a journal in it.
+        if !dir.join(crate::journal::FILE).exists() {
+            check_format(&sled)?;
+        }
+        let kv = Staged::with_journal(sled, STAGE_BYTES, dir)?;
         Self::open_on(Arc::new(kv), config, "sled", STAGE_BYTES / 8)
     }
 
@@ -152,8 +159,7 @@ impl Log {
             std::fs::remove_dir_all(&copy).map_err(|e| io("removing an old copy", e))?;
         }
         let (before, after) = {
-            let old = SledKv::open(dir)?;
-            check_format(&old)?;
+            let old = open_whole(dir)?;
             let new = SledKv::open(&copy)?;
             old.copy_into(&new)?;
             (old.size_on_disk()?, new.size_on_disk()?)
@@ -190,8 +196,7 @@ impl Log {
             return Err(LogError::NotEmpty(into.display().to_string()));
         }
         {
-            let old = SledKv::open(backup)?;
-            check_format(&old)?;
+            let old = open_whole(backup)?;
             old.copy_into(&SledKv::open(into)?)?;
         }
         let log = Self::open(into, config)?;
@@ -824,6 +829,18 @@ fn finish_vacuum(dir: &Path) -> Result<(), LogError> {
 }
 
 /// Checks (or, for an empty store, writes) the on-disk format version.
+/// The closed log in `dir` as sled alone, with what its journal held replayed into it and
+/// the journal emptied (a copy of sled is then a copy of the log), after its format is
+/// checked.
+fn open_whole(dir: &Path) -> Result<SledKv, LogError> {
+    let sled = SledKv::open(dir)?;
+    if dir.join(crate::journal::FILE).exists() {
+        crate::journal::recover(dir, &sled)?.clear()?;
+    }
+    check_format(&sled)?;
+    Ok(sled)
+}
+
 fn check_format(kv: &dyn Kv) -> Result<(), LogError> {
     match kv.get(keys::FORMAT)? {
         Some(v) => {

@@ -529,17 +529,20 @@ fn fencing_tokens_increase_across_reopen(b: Backend) {
 }
 
 fn snapshots_and_compaction(b: Backend) {
-    let log = new_log(&b);
+    let mut log = new_log(&b);
     let alice = user("alice");
     let mut w = Writer::new(1);
-    // One durable append per change: each is its own page, so compaction can drop exactly up
-    // to 6 (appends drained together may share a page).
+    // One append per change, each closed into the store before the next: each is its own
+    // page, so compaction can drop exactly up to 6 (writes that reach the store in one drain
+    // may share a page, and on sled durable appends wait in the journal for a later drain).
     for i in 0..10 {
         log.append(&DOC, vec![change_entry(&alice, w.put("k", i))])
             .unwrap()
             .durable
             .wait()
             .unwrap();
+        drop(log);
+        log = b.open(LogConfig::default());
     }
     assert_eq!(log.snapshot(&DOC).unwrap(), None);
     assert!(matches!(
@@ -784,10 +787,14 @@ fn compaction_keeps_a_page_that_straddles_the_snapshot(b: Backend) {
     let second: Vec<_> = (0..4)
         .map(|i| change_entry(&user("a"), w.put("k", i)))
         .collect();
-    // Each append made durable before the next, so each reaches the store as its own page
-    // (appends drained together may share one).
+    // The log closed after each append, so each reaches the store as its own page (appends
+    // drained together may share one).
     log.append(&DOC, first).unwrap().durable.wait().unwrap();
+    drop(log);
+    let log = b.open(LogConfig::default());
     log.append(&DOC, second).unwrap().durable.wait().unwrap();
+    drop(log);
+    let log = b.open(LogConfig::default());
     log.put_snapshot(&DOC, Seq(6), vec![1, 2, 3])
         .unwrap()
         .wait()
