@@ -7,10 +7,13 @@
 //! it names has completed. Waiters are released together (one condvar broadcast for threads,
 //! one wake per async task), not one by one.
 //!
-//! In `Buffered` mode tickets resolve at once and the thread flushes on a timer; between
-//! flushes it also drains staged writes into sled whenever they pass `drain_at` bytes, so an
-//! appender's thread does not pay for sled's indexing (it still does, as back-pressure, when
-//! staging reaches its hard limit).
+//! With a journal (sled), a flush writes and syncs the journal, and staged writes reach sled
+//! in drains: in `Fsync` mode a drainer thread drains whenever the flusher finds more than
+//! `drain_at` bytes staged after a flush, so flushes go on while sled indexes a table. In
+//! `Buffered` mode tickets resolve at once and the flusher flushes on a timer; between
+//! flushes it drains whenever staged writes pass `drain_at` bytes. Either way an appender's
+//! thread does not pay for sled's indexing (it still does, as back-pressure, when staging
+//! reaches its hard limit).
 //!
 //! A failed flush poisons the committer: every waiting and later ticket fails. After an fsync
 //! error the kernel may have dropped the dirty pages, so retrying could report success for

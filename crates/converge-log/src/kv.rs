@@ -365,9 +365,10 @@ mod tests {
     use super::*;
 
     /// sled puts a value too large for its log buffers (over ~128 KiB) in a file of its own
-    /// under `blobs/`, which it never syncs; the log's flush must find and sync it.
+    /// under `blobs/`, which it never syncs; the log must find and sync it before sled's log,
+    /// which points at it, can reach the disk.
     #[test]
-    fn a_flush_syncs_the_blob_files_sled_writes() {
+    fn the_blob_files_sled_writes_are_synced() {
         let dir = tempfile::tempdir().unwrap();
         let kv = SledKv::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
