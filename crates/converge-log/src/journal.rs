@@ -144,13 +144,26 @@ impl Pending {
 
 /// Opens the journal in `dir` over `kv` (the sled store of the same directory), replays the
 /// records `kv` does not hold, and checkpoints: `kv` then holds everything the journal did,
-/// durably, and the returned journal starts again.
+/// durably, and the returned journal is empty.
+///
+/// Emptied, not only started again: past a torn record there may be whole records that were
+/// never acknowledged, and new records written over the file's start would take their
+/// serials, so that a later scan could run on from a new record into one of them.
 pub(crate) fn recover(dir: &Path, kv: &dyn Kv) -> Result<Journal, LogError> {
     let (mut journal, records) = Journal::open(dir)?;
     let applied = applied_serial(kv)?;
     journal.resume_after(applied);
     let mut replayed = 0usize;
     for r in records.into_iter().filter(|r| r.serial > applied) {
+        if replayed == 0 && r.serial != applied + 1 {
+            return Err(LogError::CorruptRecord {
+                record: format!("journal {}", journal.path.display()),
+                reason: format!(
+                    "the store holds records through {applied}, the journal resumes at {}",
+                    r.serial
+                ),
+            });
+        }
         let mut batch = WriteBatch::default();
         for (k, v) in r.ops {
             match v {
@@ -166,7 +179,7 @@ pub(crate) fn recover(dir: &Path, kv: &dyn Kv) -> Result<Journal, LogError> {
         tracing::info!(replayed, "replayed journal records the store did not hold");
     }
     kv.flush()?;
-    journal.restart()?;
+    journal.clear()?;
     Ok(journal)
 }
 
@@ -512,6 +525,56 @@ mod tests {
         drop(j);
         let (_, got) = reopen(dir.path());
         assert_eq!(got.first().map(|r| r.serial), Some(6));
+    }
+
+    fn one_write(v: u8) -> Pending {
+        Pending::of(&[(b"k".to_vec(), Some(vec![v; 8]))])
+    }
+
+    /// Whole records past a torn one were never acknowledged. Recovery empties the file, so
+    /// a new record written over its start is never followed by one of them, whose serial
+    /// could continue the new one's.
+    #[test]
+    fn no_record_from_before_a_recovery_is_read_after_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = crate::kv::MemStorage::new();
+        let (mut j, _) = reopen(dir.path());
+        j.append(one_write(1)).unwrap();
+        j.append(one_write(2)).unwrap();
+        drop(j);
+        // Tear record 1 (one payload byte changed); record 2 stays whole behind it.
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER as usize + RECORD_HEAD + 6] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let mut j = recover(dir.path(), &kv).unwrap();
+        assert_eq!(kv.get(b"k").unwrap(), None, "nothing whole to replay");
+        assert_eq!(j.file_len().unwrap(), HEADER);
+        // A new record of the same size, then a crash.
+        assert_eq!(j.append(one_write(9)).unwrap(), 1);
+        j.sync().unwrap();
+        drop(j);
+        recover(dir.path(), &kv).unwrap();
+        assert_eq!(kv.get(b"k").unwrap(), Some(vec![9; 8]));
+    }
+
+    /// Records that do not start right after the store's serial cannot be replayed onto it.
+    #[test]
+    fn a_gap_between_the_store_and_the_journal_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = crate::kv::MemStorage::new();
+        let mut b = WriteBatch::default();
+        b.put(keys::JOURNAL.to_vec(), 5u64.to_be_bytes().to_vec());
+        kv.apply(b).unwrap();
+        let (mut j, _) = reopen(dir.path());
+        j.resume_after(6);
+        assert_eq!(j.append(one_write(1)).unwrap(), 7);
+        j.sync().unwrap();
+        drop(j);
+        assert!(matches!(
+            recover(dir.path(), &kv),
+            Err(LogError::CorruptRecord { .. })
+        ));
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::LogError;
@@ -48,12 +48,15 @@ pub(crate) struct Staged<K: Kv> {
     /// One drain at a time, so the draining table is never replaced while sled applies it
     /// and sled gets tables in journal order. Taken before `writer` when both are.
     drain_lock: Mutex<()>,
-    /// Drain synchronously once the active table holds this many bytes, bounding memory.
+    /// Drain synchronously, before staging more, once the active table and the pending record
+    /// hold this many bytes, bounding memory.
     /// Below it, the log's flush thread drains in the background (see [`Kv::backlog`]), so
     /// an appender does not pay for sled's indexing on its own thread.
     max_bytes: usize,
     /// `active_bytes`, readable without the lock.
     backlog: AtomicUsize,
+    /// `Writer::failed` is set, readable without the lock.
+    broken: AtomicBool,
 }
 
 #[derive(Default)]
@@ -97,6 +100,7 @@ impl<K: Kv> Staged<K> {
             drain_lock: Mutex::new(()),
             max_bytes,
             backlog: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -188,6 +192,7 @@ impl<K: Kv> Staged<K> {
             Ok(serial) => Ok(Some(serial)),
             Err(e) => {
                 w.failed = Some(e.clone());
+                self.broken.store(true, Ordering::Release);
                 Err(e)
             }
         }
@@ -206,6 +211,7 @@ impl<K: Kv> Staged<K> {
         };
         if let Err(e) = j.sync() {
             w.failed = Some(e.clone());
+            self.broken.store(true, Ordering::Release);
             return Err(e);
         }
         Ok(j.written() >= journal::CHECKPOINT_BYTES)
@@ -294,7 +300,21 @@ impl<K: Kv> Kv for Staged<K> {
         if journaled {
             Pending::check(&ops)?;
         }
+        if self.broken.load(Ordering::Acquire) {
+            let failed = lock(&self.writer).failed.clone();
+            return Err(failed.unwrap_or_else(|| LogError::Flush("the journal failed".into())));
+        }
+        // Back-pressure before staging: a drain that fails then fails this batch with nothing
+        // staged, so the caller's failed append leaves no trace (staged writes always become
+        // durable at the next flush).
         let over = {
+            let t = read(&self.tables);
+            t.active_bytes + t.pending.bytes() > self.max_bytes
+        };
+        if over {
+            self.drain()?;
+        }
+        {
             let mut t = write(&self.tables);
             for (k, v) in ops {
                 if journaled {
@@ -308,10 +328,6 @@ impl<K: Kv> Kv for Staged<K> {
                 t.active_bytes = (t.active_bytes + size).saturating_sub(freed);
             }
             self.backlog.store(t.active_bytes, Ordering::Relaxed);
-            t.active_bytes + t.pending.bytes() > self.max_bytes
-        };
-        if over {
-            self.drain()?;
         }
         Ok(())
     }
@@ -485,6 +501,30 @@ mod tests {
             kv.inner.get(keys::JOURNAL).unwrap(),
             Some(7u64.to_be_bytes().to_vec()),
             "serials go on after the replayed ones"
+        );
+    }
+
+    /// After the journal failed, a batch is refused before anything of it is staged: a
+    /// staged write would become durable at a later flush although its append failed.
+    #[test]
+    fn a_failed_journal_refuses_batches_before_staging_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = journaled(dir.path());
+        {
+            let mut w = lock(&kv.writer);
+            w.failed = Some(LogError::Storage("disk gone".into()));
+            kv.broken.store(true, Ordering::Release);
+        }
+        let mut b = WriteBatch::default();
+        b.put(b"k".to_vec(), b"v".to_vec());
+        assert_eq!(
+            kv.apply(b).unwrap_err(),
+            LogError::Storage("disk gone".into())
+        );
+        assert_eq!(kv.get(b"k").unwrap(), None);
+        assert!(
+            kv.flush().is_err(),
+            "nothing is acknowledged after the failure"
         );
     }
 
