@@ -257,7 +257,17 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability, drain_at: usize
         // Staged writes reach the store on the drainer's thread, so flushes go on while
         // sled indexes them: with a journal the flush made them durable already, and a
         // larger table coalesces more rewrites of the same keys.
-        if durability == Durability::Fsync && !all && kv.backlog() >= drain_at {
+        if matches!(durability, Durability::Buffered { .. })
+            && !all
+            && kv.checkpoint_due()
+            && let Err(e) = kv.checkpoint()
+        {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+        if durability == Durability::Fsync
+            && !all
+            && (kv.backlog() >= drain_at || kv.checkpoint_due())
+        {
             let mut st = shared.lock();
             if !st.drain_wanted {
                 st.drain_wanted = true;
@@ -289,8 +299,13 @@ fn drainer(shared: &Shared, kv: &dyn Kv) {
         drop(st);
         // A failed drain keeps its writes staged; the next one retries them (and a failed
         // journal fails the flushes, which poisons the log).
-        if let Err(e) = kv.drain() {
-            tracing::warn!(error = %e, "background drain failed");
+        let done = if kv.checkpoint_due() {
+            kv.checkpoint()
+        } else {
+            kv.drain()
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "background drain or checkpoint failed");
         }
     }
 }

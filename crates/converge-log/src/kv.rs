@@ -62,6 +62,15 @@ pub(crate) trait Kv: Send + Sync + 'static {
     fn drain(&self) -> Result<(), LogError> {
         Ok(())
     }
+    /// Whether a journal in front of the store grew enough that the store should be flushed
+    /// and the journal started again ([`Kv::checkpoint`]).
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
+    /// Makes everything durable in the store itself (not only in a journal in front of it).
+    fn checkpoint(&self) -> Result<(), LogError> {
+        self.flush()
+    }
     fn is_empty(&self) -> Result<bool, LogError>;
     fn size_on_disk(&self) -> Result<u64, LogError>;
 }
