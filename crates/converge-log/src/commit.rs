@@ -298,7 +298,8 @@ fn drainer(shared: &Shared, kv: &dyn Kv) {
         st.drain_wanted = false;
         drop(st);
         // A failed drain keeps its writes staged; the next one retries them (and a failed
-        // journal fails the flushes, which poisons the log).
+        // journal fails the flushes, which poisons the log). A failed checkpoint is tried
+        // again only after another `CHECKPOINT_BYTES` of journal (see `Staged`).
         let done = if kv.checkpoint_due() {
             kv.checkpoint()
         } else {

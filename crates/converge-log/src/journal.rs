@@ -56,8 +56,9 @@ const RECORD_HEAD: usize = 8 + 8 + 16;
 /// Small enough that recovery replays little and the file stays a few MiB; large enough that
 /// sled's flush (a few ms) is paid once per thousands of appends.
 pub(crate) const CHECKPOINT_BYTES: u64 = 8 << 20;
-/// A file grown past this by a very large record is cut back to its header at a checkpoint.
-const KEEP_BYTES: u64 = 4 * CHECKPOINT_BYTES;
+/// A file grown past this by a very large record is cut back to its header at a checkpoint
+/// (above the 4x at which a flush checkpoints itself, so that one keeps the file).
+const KEEP_BYTES: u64 = 8 * CHECKPOINT_BYTES;
 
 /// One write of a batch: a put (`Some`) or a delete (`None`).
 pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::LogError;
@@ -57,8 +57,13 @@ pub(crate) struct Staged<K: Kv> {
     backlog: AtomicUsize,
     /// `Writer::failed` is set, readable without the lock.
     broken: AtomicBool,
-    /// The journal passed `CHECKPOINT_BYTES` since the last checkpoint.
+    /// The journal passed `due_at` since the last checkpoint. Set and cleared with the
+    /// journal held, so a checkpoint's clearing is never undone by a flush measured before it.
     due: AtomicBool,
+    /// Journal bytes at which a checkpoint is due: `CHECKPOINT_BYTES`, or after a failed
+    /// checkpoint that much more than the journal held then (a failing sled is not retried
+    /// after every flush).
+    due_at: AtomicU64,
 }
 
 #[derive(Default)]
@@ -104,6 +109,7 @@ impl<K: Kv> Staged<K> {
             backlog: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
             due: AtomicBool::new(false),
+            due_at: AtomicU64::new(journal::CHECKPOINT_BYTES),
         }
     }
 
@@ -217,16 +223,45 @@ impl<K: Kv> Staged<K> {
             self.broken.store(true, Ordering::Release);
             return Err(e);
         }
-        Ok(j.written())
+        let written = j.written();
+        if written >= self.due_at.load(Ordering::Relaxed) {
+            self.due.store(true, Ordering::Relaxed);
+        }
+        Ok(written)
     }
 
     /// Drains, flushes the store, and starts the journal again, in two rounds. The first
     /// lets flushes go on while sled flushes most of what the journal holds; the second holds
     /// the journal (a record written after its drain and before the restart would be lost)
     /// while sled flushes what was written meanwhile, a short stall instead of a long one.
-    fn checkpoint_now(&self) -> Result<(), LogError> {
+    ///
+    /// Skipped when the journal holds less than `min_written` bytes by the time the drains
+    /// are free (another checkpoint just ran).
+    fn checkpoint_now(&self, min_written: u64) -> Result<(), LogError> {
         let _one = lock(&self.drain_lock);
-        let taken = self.take_for_drain(&mut lock(&self.writer))?;
+        let done = self.checkpoint_rounds(min_written);
+        // With the journal held, as flushes set `due`.
+        let w = lock(&self.writer);
+        let held = w.journal.as_ref().map_or(0, Journal::written);
+        let next = match &done {
+            Ok(()) => journal::CHECKPOINT_BYTES,
+            Err(_) => held + journal::CHECKPOINT_BYTES,
+        };
+        self.due_at.store(next, Ordering::Relaxed);
+        self.due.store(held >= next, Ordering::Relaxed);
+        drop(w);
+        done
+    }
+
+    /// The two rounds of [`Staged::checkpoint_now`]; the caller holds `drain_lock`.
+    fn checkpoint_rounds(&self, min_written: u64) -> Result<(), LogError> {
+        let taken = {
+            let mut w = lock(&self.writer);
+            if w.journal.as_ref().map_or(0, Journal::written) < min_written {
+                return Ok(());
+            }
+            self.take_for_drain(&mut w)?
+        };
         if let Some((table, serial)) = taken {
             self.apply_taken(&table, serial)?;
         }
@@ -236,7 +271,6 @@ impl<K: Kv> Staged<K> {
             self.apply_taken(&table, serial)?;
         }
         self.inner.flush()?;
-        self.due.store(false, Ordering::Relaxed);
         match w.journal.as_mut() {
             Some(j) => j.restart(),
             None => Ok(()),
@@ -357,7 +391,7 @@ impl<K: Kv> Kv for Staged<K> {
 
     fn checkpoint(&self) -> Result<(), LogError> {
         if self.journaled {
-            self.checkpoint_now()
+            self.checkpoint_now(0)
         } else {
             self.flush()
         }
@@ -369,13 +403,12 @@ impl<K: Kv> Kv for Staged<K> {
             return self.inner.flush();
         }
         let written = self.flush_journal(&mut lock(&self.writer))?;
-        if written >= journal::CHECKPOINT_BYTES {
-            self.due.store(true, Ordering::Relaxed);
-        }
         // The log's drainer checkpoints when it is due; a journal that still grows far past
-        // that (no drainer, or one that cannot keep up) is checkpointed here.
-        if written >= 4 * journal::CHECKPOINT_BYTES {
-            self.checkpoint_now()?;
+        // that (no drainer, or one that cannot keep up) is checkpointed here, unless a
+        // checkpoint that was running meanwhile took care of it.
+        let limit = 4 * journal::CHECKPOINT_BYTES;
+        if written >= limit {
+            self.checkpoint_now(limit)?;
         }
         Ok(())
     }
@@ -405,7 +438,7 @@ impl<K: Kv> Drop for Staged<K> {
             return;
         }
         let closed =
-            self.checkpoint_now()
+            self.checkpoint_now(0)
                 .and_then(|()| match lock(&self.writer).journal.as_mut() {
                     Some(j) => j.clear(),
                     None => Ok(()),
@@ -562,6 +595,41 @@ mod tests {
             assert_eq!(
                 kv.inner.get(&key(i)).unwrap(),
                 Some(i.to_be_bytes().to_vec())
+            );
+        }
+    }
+
+    /// Checkpoints running back to back beside flushes (the drainer's and the flusher's
+    /// threads): every flushed write is found after a crash.
+    #[test]
+    fn flushes_beside_checkpoints_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kv = journaled(dir.path());
+        let key = |i: u32| format!("key{i:06}").into_bytes();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let checkpoints = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    kv.checkpoint().unwrap();
+                    checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            for i in 0..1500 {
+                put(&kv, &key(i), &i.to_be_bytes());
+                kv.flush().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(checkpoints.load(Ordering::Relaxed) > 1);
+        kv.journaled = false; // a crash
+        drop(kv);
+        let kv = journaled(dir.path());
+        for i in 0..1500 {
+            assert_eq!(
+                kv.get(&key(i)).unwrap(),
+                Some(i.to_be_bytes().to_vec()),
+                "{i}"
             );
         }
     }
