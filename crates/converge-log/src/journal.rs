@@ -296,16 +296,14 @@ impl Journal {
     /// sled (a checkpoint).
     pub(crate) fn restart(&mut self) -> Result<(), LogError> {
         if self.end > KEEP_BYTES {
-            self.file
-                .set_len(HEADER)
-                .and_then(|()| self.file.sync_all())
-                .map_err(|e| io("cannot shrink", &self.path, e))?;
+            return self.clear();
         }
         self.end = HEADER;
         Ok(())
     }
 
-    /// Cuts the file back to its header (a clean close: the next open reads nothing).
+    /// Cuts the file back to its header (a clean close, a recovery, or a file grown too
+    /// large: the next open reads nothing).
     pub(crate) fn clear(&mut self) -> Result<(), LogError> {
         self.file
             .set_len(HEADER)
