@@ -211,7 +211,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// the document and seq. Returns the number of entries checked.
     fn verify(&self, doc: &DocId) -> Result<u64, LogError>;
 
-    /// Makes everything appended so far durable, now.
+    /// Makes everything appended so far durable, now, in the store itself: the sled log
+    /// also drains its staging into sled, flushes sled and starts its journal again (a
+    /// checkpoint; tens of milliseconds with a full journal). For shutdowns and tools;
+    /// appends become durable without it.
     fn flush(&self) -> Result<(), LogError>;
 
     /// A ticket that resolves once everything appended so far is durable. It shares the next

@@ -136,6 +136,14 @@ impl ServerHandle {
                 tracing::warn!("work still running on the executor's threads after shutdown");
             }
         }
+        // What that work wrote (a snapshot) goes into the store now, while the data
+        // directory surely exists: the last handle to the log may be dropped later by a task
+        // the runtime has not dropped yet, and closing the log must then have nothing left
+        // to write.
+        let log = self.log.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.flush()).await {
+            tracing::error!(error = %e, "final flush on shutdown failed");
+        }
         served
     }
 
