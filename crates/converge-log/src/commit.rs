@@ -85,7 +85,7 @@ pub(crate) struct Committer {
     shared: Arc<Shared>,
     durability: Durability,
     kv: Arc<dyn Kv>,
-    /// Staged bytes at which a buffered log drains in the background.
+    /// Staged bytes at which the log drains in the background.
     drain_at: usize,
     thread: Option<JoinHandle<()>>,
     /// `Fsync` mode's drainer thread.
@@ -107,41 +107,25 @@ impl Committer {
                 .spawn(move || flusher(&shared, kv.as_ref(), durability, drain_at))
                 .map_err(|e| LogError::Storage(format!("cannot start flusher: {e}")))?
         };
-        let drainer = match durability {
-            Durability::Buffered { .. } => None,
-            Durability::Fsync => {
-                let spawned = {
-                    let shared = shared.clone();
-                    let kv = kv.clone();
-                    std::thread::Builder::new()
-                        .name("converge-log-drain".into())
-                        .spawn(move || drainer(&shared, kv.as_ref()))
-                };
-                match spawned {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        // Stop the flusher before reporting.
-                        drop(Self {
-                            shared,
-                            durability,
-                            kv,
-                            drain_at,
-                            thread: Some(thread),
-                            drainer: None,
-                        });
-                        return Err(LogError::Storage(format!("cannot start drainer: {e}")));
-                    }
-                }
-            }
-        };
-        Ok(Self {
+        let mut me = Self {
             shared,
             durability,
             kv,
             drain_at,
             thread: Some(thread),
-            drainer,
-        })
+            drainer: None,
+        };
+        if durability == Durability::Fsync {
+            let shared = me.shared.clone();
+            let kv = me.kv.clone();
+            // On failure `me` drops, which stops the flusher.
+            let drainer = std::thread::Builder::new()
+                .name("converge-log-drain".into())
+                .spawn(move || drainer(&shared, kv.as_ref()))
+                .map_err(|e| LogError::Storage(format!("cannot start drainer: {e}")))?;
+            me.drainer = Some(drainer);
+        }
+        Ok(me)
     }
 
     /// A ticket that resolves once everything applied before this call is durable.
@@ -193,7 +177,6 @@ impl Committer {
     /// temporary directory), and sled 0.34 hangs in its close when writing one of its files
     /// fails.
     pub(crate) fn flush_now(&self) -> Result<(), LogError> {
-        self.kv.flush()?;
         self.kv.checkpoint()
     }
 }
@@ -260,9 +243,7 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability, drain_at: usize
             }
         };
         wake_waiters(shared, st, number, all);
-        // Staged writes reach the store on the drainer's thread, so flushes go on while
-        // sled indexes them: with a journal the flush made them durable already, and a
-        // larger table coalesces more rewrites of the same keys.
+        // Buffered mode has no drainer: its flusher checkpoints itself.
         if matches!(durability, Durability::Buffered { .. })
             && !all
             && kv.checkpoint_due()
@@ -270,6 +251,9 @@ fn flusher(shared: &Shared, kv: &dyn Kv, durability: Durability, drain_at: usize
         {
             tracing::warn!(error = %e, "checkpoint failed");
         }
+        // Staged writes reach the store on the drainer's thread, so flushes go on while
+        // sled indexes them: with a journal the flush made them durable already, and a
+        // larger table coalesces more rewrites of the same keys.
         if durability == Durability::Fsync
             && !all
             && (kv.backlog() >= drain_at || kv.checkpoint_due())

@@ -100,9 +100,9 @@ impl Pending {
     /// that [`Pending::push`] never fails halfway through a batch.
     pub(crate) fn check(ops: &[Op]) -> Result<(), LogError> {
         for (k, v) in ops {
-            u32_len(k.len())?;
+            fits_u32(k.len())?;
             if let Some(v) = v {
-                u32_len(v.len())?;
+                fits_u32(v.len())?;
             }
         }
         Ok(())
@@ -226,7 +226,7 @@ impl Journal {
             }
         };
         let records = match records {
-            Some(r) => r,
+            Some(found) => found,
             None => {
                 let mut header = [0u8; HEADER as usize];
                 header[..12].copy_from_slice(&MAGIC);
@@ -237,10 +237,11 @@ impl Journal {
                     .map_err(|e| io("cannot create", &path, e))?;
                 crate::disk_sync::sync_parent(&path)
                     .map_err(|e| io("cannot sync the directory of", &path, e))?;
-                Vec::new()
+                (Vec::new(), 0)
             }
         };
-        let end = HEADER + records.iter().map(|r| encoded_len(&r.ops)).sum::<u64>();
+        let (records, read) = records;
+        let end = HEADER + read as u64;
         let next_serial = records.last().map_or(1, |r| r.serial + 1);
         let journal = Self {
             file,
@@ -351,22 +352,15 @@ fn checksum(len: u64, serial: u64, payload: &[u8]) -> [u8; 16] {
     out
 }
 
-fn u32_len(n: usize) -> Result<[u8; 4], LogError> {
+/// A length the journal can encode (as a u32).
+fn fits_u32(n: usize) -> Result<(), LogError> {
     u32::try_from(n)
-        .map(u32::to_le_bytes)
+        .map(|_| ())
         .map_err(|_| LogError::TooLarge {
             what: "journal write",
             size: n,
             limit: u32::MAX as usize,
         })
-}
-
-fn encoded_len(ops: &[Op]) -> u64 {
-    let payload: usize = 4 + ops
-        .iter()
-        .map(|(k, v)| 4 + k.len() + 1 + v.as_ref().map_or(0, |v| 4 + v.len()))
-        .sum::<usize>();
-    (RECORD_HEAD + payload) as u64
 }
 
 /// Reads from the front of `bytes`, returning the part read and the rest.
@@ -405,9 +399,12 @@ fn decode_ops(mut payload: &[u8]) -> Option<Vec<Op>> {
 }
 
 /// The records at the front of `bytes`: each whole, its check right, and its serial the
-/// previous one's + 1. Anything after the first that is not is a torn tail or older records.
-fn scan(mut bytes: &[u8]) -> Vec<Record> {
+/// previous one's + 1 (anything after the first that is not is a torn tail or older
+/// records), and the bytes they take.
+fn scan(all: &[u8]) -> (Vec<Record>, usize) {
     let mut out: Vec<Record> = Vec::new();
+    let mut bytes = all;
+    let mut read = 0;
     while let Some(head) = take(&mut bytes, RECORD_HEAD) {
         let mut word = [0u8; 8];
         word.copy_from_slice(&head[..8]);
@@ -430,8 +427,9 @@ fn scan(mut bytes: &[u8]) -> Vec<Record> {
             break;
         };
         out.push(Record { serial, ops });
+        read = all.len() - bytes.len();
     }
-    out
+    (out, read)
 }
 
 #[cfg(test)]

@@ -130,13 +130,12 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
         finish_vacuum(dir.as_ref())?;
         let dir = dir.as_ref();
-        let sled = SledKv::open(dir)?;
-        // A directory without a journal is new, or a log from before the journal, or not a
-        // log at all: refuse the last before creating a journal in it.
-        if !dir.join(crate::journal::FILE).exists() {
-            check_format(&sled)?;
-        }
-        let kv = Staged::with_journal(sled, STAGE_BYTES, dir)?;
+        let (sled, journal) = open_sled(dir)?;
+        let journal = match journal {
+            Some(j) => j,
+            None => crate::journal::recover(dir, &sled)?,
+        };
+        let kv = Staged::with_journal(sled, STAGE_BYTES, journal);
         Self::open_on(Arc::new(kv), config, "sled", STAGE_BYTES / 8)
     }
 
@@ -828,19 +827,27 @@ fn finish_vacuum(dir: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Checks (or, for an empty store, writes) the on-disk format version.
-/// The closed log in `dir` as sled alone, with what its journal held replayed into it and
-/// the journal emptied (a copy of sled is then a copy of the log), after its format is
-/// checked.
-fn open_whole(dir: &Path) -> Result<SledKv, LogError> {
+/// The log in `dir` as sled with what its journal held replayed into it, and the journal
+/// (`None` when the directory has none: it is new, from before the journal, or not a log,
+/// and nothing of ours is created in it before its format is checked).
+fn open_sled(dir: &Path) -> Result<(SledKv, Option<crate::journal::Journal>), LogError> {
     let sled = SledKv::open(dir)?;
-    if dir.join(crate::journal::FILE).exists() {
-        crate::journal::recover(dir, &sled)?.clear()?;
-    }
+    let journal = if dir.join(crate::journal::FILE).exists() {
+        Some(crate::journal::recover(dir, &sled)?)
+    } else {
+        None
+    };
     check_format(&sled)?;
-    Ok(sled)
+    Ok((sled, journal))
 }
 
+/// The closed log in `dir` as sled alone (recovery empties the journal): a copy of sled is
+/// then a copy of the log.
+fn open_whole(dir: &Path) -> Result<SledKv, LogError> {
+    open_sled(dir).map(|(sled, _)| sled)
+}
+
+/// Checks (or, for an empty store, writes) the on-disk format version.
 fn check_format(kv: &dyn Kv) -> Result<(), LogError> {
     match kv.get(keys::FORMAT)? {
         Some(v) => {

@@ -9,8 +9,8 @@
 //! On disk (`Staged::with_journal`), what makes a batch durable is the journal, not sled:
 //! every batch applied is also encoded into a pending journal record, and a flush writes that
 //! record and syncs the journal. The table reaches sled only when it grows past `drain_at`
-//! (a background drain by the log's flush thread), past `max_bytes` (a drain by the appender,
-//! as back-pressure), or at a checkpoint. A drain takes the table and the pending record at
+//! (a background drain by the log's drainer thread), past `max_bytes` (a drain by the
+//! appender, as back-pressure), or at a checkpoint. A drain takes the table and the pending record at
 //! the same moment, writes the record first, and hands sled the table with that record's
 //! serial, so sled always holds exactly the state after some journal record (see `journal`).
 //!
@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -35,6 +34,13 @@ use crate::kv::{Kv, Pair, WriteBatch};
 use crate::sync::{lock, read, write};
 
 type Table = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A table taken for a drain, and the journal serial it is the state after (`None` without a
+/// journal).
+struct Taken {
+    table: Arc<Table>,
+    serial: Option<u64>,
+}
 
 /// Staged writes over another store.
 pub(crate) struct Staged<K: Kv> {
@@ -49,9 +55,8 @@ pub(crate) struct Staged<K: Kv> {
     /// and sled gets tables in journal order. Taken before `writer` when both are.
     drain_lock: Mutex<()>,
     /// Drain synchronously, before staging more, once the active table and the pending record
-    /// hold this many bytes, bounding memory.
-    /// Below it, the log's flush thread drains in the background (see [`Kv::backlog`]), so
-    /// an appender does not pay for sled's indexing on its own thread.
+    /// hold this many bytes, bounding memory. Below it, the log drains in the background (see
+    /// [`Kv::backlog`]), so an appender does not pay for sled's indexing on its own thread.
     max_bytes: usize,
     /// `active_bytes`, readable without the lock.
     backlog: AtomicUsize,
@@ -89,10 +94,9 @@ impl<K: Kv> Staged<K> {
         Self::over(inner, max_bytes, None)
     }
 
-    /// Staging over sled with the journal in `dir`, after replaying what sled lacks of it.
-    pub(crate) fn with_journal(inner: K, max_bytes: usize, dir: &Path) -> Result<Self, LogError> {
-        let journal = journal::recover(dir, &inner)?;
-        Ok(Self::over(inner, max_bytes, Some(journal)))
+    /// Staging over sled and its journal, recovered (`journal::recover`).
+    pub(crate) fn with_journal(inner: K, max_bytes: usize, journal: Journal) -> Self {
+        Self::over(inner, max_bytes, Some(journal))
     }
 
     fn over(inner: K, max_bytes: usize, journal: Option<Journal>) -> Self {
@@ -119,20 +123,12 @@ impl<K: Kv> Staged<K> {
     fn drain(&self) -> Result<(), LogError> {
         let _one = lock(&self.drain_lock);
         let taken = self.take_for_drain(&mut lock(&self.writer))?;
-        match taken {
-            Some((table, serial)) => self.apply_taken(&table, serial),
-            None => Ok(()),
-        }
+        self.apply_taken(taken)
     }
 
     /// Takes the active table for a drain, with the pending record written: the table then
-    /// holds exactly the writes of the records up to the returned serial (`None` without a
-    /// journal) that sled does not hold yet.
-    #[allow(clippy::type_complexity)]
-    fn take_for_drain(
-        &self,
-        w: &mut Writer,
-    ) -> Result<Option<(Arc<Table>, Option<u64>)>, LogError> {
+    /// holds exactly the writes of the records up to its serial that sled does not hold yet.
+    fn take_for_drain(&self, w: &mut Writer) -> Result<Option<Taken>, LogError> {
         if let Some(e) = &w.failed {
             return Err(e.clone());
         }
@@ -148,7 +144,7 @@ impl<K: Kv> Staged<K> {
             (table, std::mem::take(&mut t.pending))
         };
         match self.write_record(w, pending) {
-            Ok(serial) => Ok(Some((table, serial))),
+            Ok(serial) => Ok(Some(Taken { table, serial })),
             Err(e) => {
                 self.put_back(&table);
                 Err(e)
@@ -157,7 +153,10 @@ impl<K: Kv> Staged<K> {
     }
 
     /// Hands a taken table to the store, with the journal serial it is the state after.
-    fn apply_taken(&self, table: &Arc<Table>, serial: Option<u64>) -> Result<(), LogError> {
+    fn apply_taken(&self, taken: Option<Taken>) -> Result<(), LogError> {
+        let Some(Taken { table, serial }) = taken else {
+            return Ok(());
+        };
         let mut batch = WriteBatch::default();
         crate::page::coalesce(table.iter(), &mut batch);
         if let Some(serial) = serial {
@@ -165,7 +164,7 @@ impl<K: Kv> Staged<K> {
         }
         let result = self.inner.apply(batch);
         if result.is_err() {
-            self.put_back(table);
+            self.put_back(&table);
         } else {
             write(&self.tables).draining = None;
         }
@@ -197,14 +196,15 @@ impl<K: Kv> Staged<K> {
         if pending.is_empty() {
             return Ok(Some(j.last_serial()));
         }
-        match j.append(pending) {
-            Ok(serial) => Ok(Some(serial)),
-            Err(e) => {
-                w.failed = Some(e.clone());
-                self.broken.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
+        j.append(pending).map(Some).map_err(|e| self.fail(w, e))
+    }
+
+    /// Records a failed journal write or sync: from now on nothing more is acknowledged,
+    /// staged or drained.
+    fn fail(&self, w: &mut Writer, e: LogError) -> LogError {
+        w.failed = Some(e.clone());
+        self.broken.store(true, Ordering::Release);
+        e
     }
 
     /// Journal mode's flush: the pending record written and synced. Returns the bytes of
@@ -218,12 +218,9 @@ impl<K: Kv> Staged<K> {
         let Some(j) = w.journal.as_mut() else {
             return Ok(0);
         };
-        if let Err(e) = j.sync() {
-            w.failed = Some(e.clone());
-            self.broken.store(true, Ordering::Release);
-            return Err(e);
-        }
+        let synced = j.sync();
         let written = j.written();
+        synced.map_err(|e| self.fail(w, e))?;
         if written >= self.due_at.load(Ordering::Relaxed) {
             self.due.store(true, Ordering::Relaxed);
         }
@@ -262,14 +259,10 @@ impl<K: Kv> Staged<K> {
             }
             self.take_for_drain(&mut w)?
         };
-        if let Some((table, serial)) = taken {
-            self.apply_taken(&table, serial)?;
-        }
+        self.apply_taken(taken)?;
         self.inner.flush()?;
         let mut w = lock(&self.writer);
-        if let Some((table, serial)) = self.take_for_drain(&mut w)? {
-            self.apply_taken(&table, serial)?;
-        }
+        self.apply_taken(self.take_for_drain(&mut w)?)?;
         self.inner.flush()?;
         match w.journal.as_mut() {
             Some(j) => j.restart(),
@@ -481,7 +474,9 @@ mod tests {
     }
 
     fn journaled(dir: &std::path::Path) -> Staged<SledKv> {
-        Staged::with_journal(SledKv::open(dir).unwrap(), 1 << 20, dir).unwrap()
+        let sled = SledKv::open(dir).unwrap();
+        let journal = journal::recover(dir, &sled).unwrap();
+        Staged::with_journal(sled, 1 << 20, journal)
     }
 
     /// A flush makes writes durable in the journal alone; sled gets them at a drain. A log
